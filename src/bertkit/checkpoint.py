@@ -1,0 +1,279 @@
+"""Checkpoints in the standard BERT layout: config.json + vocab + model.safetensors.
+
+Reads any flavour of BERT weights: safetensors or a pickle-based pytorch_model.bin (loaded
+weights-only, so it can never run code), sharded or not, with or without the `bert.` prefix,
+with TF-era `gamma`/`beta` LayerNorm names, with heads present or absent. Writes the standard key
+names, so other BERT implementations load what bertkit saves unchanged.
+
+Our parameter names (model.py, heads.py) differ from the standard ones; STANDARD_NAMES maps one
+to the other, and the separate query/key/value projections are fused into one `qkv` on load and
+split again on save.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import Tensor
+
+from bertkit.config import BertConfig
+from bertkit.errors import CheckpointError
+from bertkit.model import Pretrained
+
+log = logging.getLogger("bertkit")
+
+WEIGHTS_NAME = "model.safetensors"
+WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
+
+# (our name, standard name); {i} stands for a layer number. Encoder names are relative to the
+# encoder; head names are relative to the model (the encoder sits under `bert.` in both worlds).
+ENCODER_NAMES = [
+    ("embeddings.word.", "embeddings.word_embeddings."),
+    ("embeddings.position.", "embeddings.position_embeddings."),
+    ("embeddings.segment.", "embeddings.token_type_embeddings."),
+    ("embeddings.norm.", "embeddings.LayerNorm."),
+    ("layers.{i}.attention.out.", "encoder.layer.{i}.attention.output.dense."),
+    ("layers.{i}.attention_norm.", "encoder.layer.{i}.attention.output.LayerNorm."),
+    ("layers.{i}.ffn.up.", "encoder.layer.{i}.intermediate.dense."),
+    ("layers.{i}.ffn.down.", "encoder.layer.{i}.output.dense."),
+    ("layers.{i}.ffn_norm.", "encoder.layer.{i}.output.LayerNorm."),
+    ("pooler.dense.", "pooler.dense."),
+]
+HEAD_NAMES = [
+    ("mlm.dense.", "cls.predictions.transform.dense."),
+    ("mlm.norm.", "cls.predictions.transform.LayerNorm."),
+    ("mlm.bias", "cls.predictions.bias"),
+    ("nsp.", "cls.seq_relationship."),
+    ("classifier.", "classifier."),
+    ("qa.", "qa_outputs."),
+]
+QKV = re.compile(r"^layers\.(\d+)\.attention\.qkv\.(weight|bias)$")
+STANDARD_QKV = re.compile(r"^encoder\.layer\.(\d+)\.attention\.self\.(query|key|value)\.(weight|bias)$")
+# Standard keys that carry no information of their own: a buffer, and copies of tied weights.
+REDUNDANT = re.compile(r"(^|\.)position_ids$|^cls\.predictions\.decoder\.(weight|bias)$")
+
+
+def _pattern(template: str) -> re.Pattern:
+    return re.compile("^" + re.escape(template).replace(r"\{i\}", r"(?P<i>\d+)"))
+
+
+def _rename(key: str, table: list[tuple[str, str]], *, to_standard: bool) -> str | None:
+    for ours, standard in table:
+        src, dst = (ours, standard) if to_standard else (standard, ours)
+        m = _pattern(src).match(key)
+        if m:
+            return dst.replace("{i}", m.groupdict().get("i") or "") + key[m.end():]
+    return None
+
+
+def to_standard(state: dict[str, Tensor]) -> dict[str, Tensor]:
+    """Our state dict -> standard BERT key names (query/key/value split out of qkv)."""
+    out: dict[str, Tensor] = {}
+    for key, value in state.items():
+        prefix, name = ("bert.", key[5:]) if key.startswith("bert.") else ("", key)
+        m = QKV.match(name)
+        if m:
+            layer, kind = m.groups()
+            for part, chunk in zip(("query", "key", "value"), value.chunk(3, dim=0)):
+                out[f"{prefix}encoder.layer.{layer}.attention.self.{part}.{kind}"] = chunk.contiguous()
+            continue
+        table = ENCODER_NAMES if prefix or not _is_head(name) else HEAD_NAMES
+        new = _rename(name, table, to_standard=True)
+        if new is None:
+            raise KeyError(f"no standard name for parameter {key!r}")
+        out[prefix + new] = value
+    return out
+
+
+def _is_head(name: str) -> bool:
+    return any(name.startswith(ours) for ours, _ in HEAD_NAMES)
+
+
+def from_standard(state: dict[str, Tensor]) -> tuple[dict[str, Tensor], dict[str, Tensor], list[str]]:
+    """Standard (or older) key names -> (encoder state, head state, unrecognised keys), in our names."""
+    encoder: dict[str, Tensor] = {}
+    head: dict[str, Tensor] = {}
+    qkv: dict[tuple[str, str], dict[str, Tensor]] = {}
+    unknown: list[str] = []
+    for key, value in state.items():
+        name = _modernise(key)
+        if REDUNDANT.search(name):
+            continue
+        name = name[5:] if name.startswith("bert.") else name
+        m = STANDARD_QKV.match(name)
+        if m:
+            layer, part, kind = m.groups()
+            qkv.setdefault((layer, kind), {})[part] = value
+            continue
+        if (new := _rename(name, ENCODER_NAMES, to_standard=False)) is not None:
+            encoder[new] = value
+        elif (new := _rename(name, HEAD_NAMES, to_standard=False)) is not None:
+            head[new] = value
+        else:
+            unknown.append(key)
+    for (layer, kind), parts in qkv.items():
+        if set(parts) != {"query", "key", "value"}:
+            unknown.extend(f"encoder.layer.{layer}.attention.self.{p}.{kind}" for p in parts)
+            continue
+        encoder[f"layers.{layer}.attention.qkv.{kind}"] = torch.cat([parts["query"], parts["key"], parts["value"]])
+    return encoder, head, unknown
+
+
+def _modernise(key: str) -> str:
+    """TF-era LayerNorm names: gamma -> weight, beta -> bias."""
+    return re.sub(r"(LayerNorm|layer_norm)\.gamma$", r"\1.weight", re.sub(r"(LayerNorm|layer_norm)\.beta$", r"\1.bias", key))
+
+
+# ---- reading weight files -------------------------------------------------------------------------
+
+
+def find_weights(directory: Path) -> Path:
+    for name in WEIGHT_FILES:
+        if (directory / name).is_file():
+            return directory / name
+    raise CheckpointError(
+        f"{directory}: no weights found (expected one of {', '.join(WEIGHT_FILES)})"
+    )
+
+
+def read_weights(path: Path) -> dict[str, Tensor]:
+    """All tensors of a weight file (or of the shards an index file lists), on the CPU."""
+    if path.name.endswith(".index.json"):
+        return _read_sharded(path)
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(str(path))
+        # weights_only: a pickle may hold arbitrary code; only tensors and plain containers are allowed.
+        state = torch.load(str(path), map_location="cpu", weights_only=True)
+    except Exception as e:  # the libraries raise many types for a truncated or corrupt file
+        raise CheckpointError(f"{path}: cannot read weights ({_first_line(e)})") from None
+    if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
+        raise CheckpointError(f"{path}: not a state dict of tensors")
+    return state
+
+
+def _read_sharded(index: Path) -> dict[str, Tensor]:
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a weight index ({_first_line(e)})") from None
+    state: dict[str, Tensor] = {}
+    for shard in sorted(set(weight_map.values())):
+        if not (index.parent / shard).is_file():
+            raise CheckpointError(f"{index}: shard {shard} is missing")
+        state.update(read_weights(index.parent / shard))
+    return state
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip().splitlines()
+    return text[0] if text else type(e).__name__
+
+
+# ---- loading into a model -------------------------------------------------------------------------
+
+
+@dataclass
+class LoadReport:
+    """What loading a checkpoint did not match exactly."""
+
+    missing: list[str] = field(default_factory=list)  # initialised afresh
+    unexpected: list[str] = field(default_factory=list)  # in the file, not used by this model
+
+
+def load_pretrained(cls: type[Pretrained], path: str | os.PathLike, **config_changes) -> Pretrained:
+    directory = _checkpoint_dir(path)
+    config = BertConfig.load(directory)
+    if config_changes:
+        config = config.replace(**config_changes)
+    weights_path = find_weights(directory)
+    encoder, head, unknown = from_standard(read_weights(weights_path))
+    _check_vocab(config, encoder, weights_path)
+    model = cls(config)
+    has_encoder_prefix = hasattr(model, "bert")
+    state = {("bert." + k if has_encoder_prefix else k): v for k, v in encoder.items()}
+    if has_encoder_prefix:
+        state.update(head)
+    report = LoadReport(unexpected=unknown + ([] if has_encoder_prefix else sorted(head)))
+    _check_shapes(model, state, weights_path)
+    result = model.load_state_dict(state, strict=False)
+    report.missing = [k for k in result.missing_keys]
+    report.unexpected += [k for k in result.unexpected_keys]
+    _log_report(report, cls, directory)
+    model.load_report = report
+    return model
+
+
+def _checkpoint_dir(path: str | os.PathLike) -> Path:
+    directory = Path(path).expanduser()
+    if not directory.exists():
+        raise CheckpointError(f"{directory}: no such file or directory")
+    if not directory.is_dir():
+        raise CheckpointError(f"{directory}: not a directory (a BERT checkpoint is a directory with config.json)")
+    if not (directory / "config.json").is_file():
+        raise CheckpointError(f"{directory}: not a BERT checkpoint directory (no config.json)")
+    return directory
+
+
+def _check_vocab(config: BertConfig, encoder: dict[str, Tensor], path: Path) -> None:
+    word = encoder.get("embeddings.word.weight")
+    if word is not None and word.shape[0] != config.vocab_size:
+        raise CheckpointError(
+            f"{path}: word embeddings have {word.shape[0]} rows but config.json says vocab_size={config.vocab_size}"
+        )
+
+
+def _check_shapes(model: Pretrained, state: dict[str, Tensor], path: Path) -> None:
+    own = model.state_dict()
+    for key, value in state.items():
+        if key in own and own[key].shape != value.shape:
+            raise CheckpointError(
+                f"{path}: {key} has shape {tuple(value.shape)} but the config implies {tuple(own[key].shape)}"
+            )
+
+
+def _log_report(report: LoadReport, cls: type, directory: Path) -> None:
+    if report.missing:
+        log.warning(
+            "%s: %d weights not in %s were initialised: %s",
+            cls.__name__, len(report.missing), directory, ", ".join(report.missing),
+        )
+    if report.unexpected:
+        log.info(
+            "%s: %d weights in %s were not used: %s",
+            cls.__name__, len(report.unexpected), directory, ", ".join(report.unexpected),
+        )
+
+
+# ---- saving ---------------------------------------------------------------------------------------
+
+
+def save_pretrained(model: Pretrained, directory: str | os.PathLike, *, tokenizer=None) -> Path:
+    """Write config.json + model.safetensors (+ tokenizer files) in the standard layout, atomically."""
+    from safetensors.torch import save_file
+
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    config = model.config.replace(architectures=[model.architecture])
+    state = to_standard({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".safetensors.tmp")
+    os.close(fd)
+    try:
+        save_file(state, tmp, metadata={"format": "pt"})
+        os.replace(tmp, directory / WEIGHTS_NAME)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    config.save(directory)
+    if tokenizer is not None:
+        tokenizer.save_pretrained(directory)
+    return directory

@@ -1,0 +1,207 @@
+"""The BERT encoder in one file: embeddings, self-attention, feed-forward, layers, pooler.
+
+Devlin et al. 2018, "BERT: Pre-training of Deep Bidirectional Transformers for Language
+Understanding", on the Transformer encoder of Vaswani et al. 2017 with post-LayerNorm residuals.
+
+Dimension letters used in the shape comments:
+    B batch, T tokens, C hidden size, H attention heads, D head size (C = H * D),
+    F feed-forward width, V vocabulary size, N choices (multiple choice).
+
+This file knows nothing of devices, precision or processes. Parameter names are our own; the
+checkpoint loader (checkpoint.py) maps them to and from the standard BERT key names.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor, nn
+
+from bertkit.config import BertConfig
+
+ACTIVATIONS = {
+    "gelu": lambda x: F.gelu(x),  # exact (erf) GELU, as in the original BERT
+    "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_pytorch_tanh": lambda x: F.gelu(x, approximate="tanh"),
+    "gelu_fast": lambda x: F.gelu(x, approximate="tanh"),
+    "relu": F.relu,
+    "silu": F.silu,
+    "swish": F.silu,
+}
+
+
+def activation(name: str):
+    if name not in ACTIVATIONS:
+        raise ValueError(f"unsupported hidden_act {name!r}; choose one of {', '.join(ACTIVATIONS)}")
+    return ACTIVATIONS[name]
+
+
+class BertOutput(NamedTuple):
+    last_hidden_state: Tensor  # (B, T, C)
+    pooler_output: Tensor | None  # (B, C); None when the model has no pooler
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
+    """Scaled dot-product attention; every layer's attention goes through here.
+
+    q, k, v: (B, H, T, D). mask: (B, 1, 1, T) booleans, True where a key may be attended, or None.
+    Returns (B, H, T, D).
+    """
+    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+class Embeddings(nn.Module):
+    """Token + segment + learned position embeddings, then LayerNorm and dropout (paper §3, Fig. 2)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.word = nn.Embedding(config.vocab_size, config.hidden_size, padding_idx=config.pad_token_id)
+        self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
+        self.segment = nn.Embedding(config.type_vocab_size, config.hidden_size)
+        self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
+        T = input_ids.shape[1]
+        positions = torch.arange(T, device=input_ids.device)  # (T,)
+        x = self.word(input_ids) + self.segment(token_type_ids) + self.position(positions)  # (B, T, C)
+        return self.dropout(self.norm(x))
+
+
+class SelfAttention(nn.Module):
+    """Multi-head self-attention with one fused projection for queries, keys and values."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        C = config.hidden_size
+        self.n_heads = config.num_attention_heads
+        self.qkv = nn.Linear(C, 3 * C)  # rows: [query; key; value]
+        self.out = nn.Linear(C, C)
+        self.dropout_p = config.attention_probs_dropout_prob
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        B, T, C = x.shape
+        H, D = self.n_heads, C // self.n_heads
+        qkv = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
+        p = self.dropout_p if self.training else 0.0
+        y = attention(qkv[0], qkv[1], qkv[2], mask, p)  # (B, H, T, D)
+        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
+        return self.out(y)
+
+
+class FeedForward(nn.Module):
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.up = nn.Linear(config.hidden_size, config.intermediate_size)  # C -> F
+        self.down = nn.Linear(config.intermediate_size, config.hidden_size)  # F -> C
+        self.act = activation(config.hidden_act)
+
+    def forward(self, x: Tensor) -> Tensor:
+        return self.down(self.act(self.up(x)))
+
+
+class Layer(nn.Module):
+    """One encoder layer: x = LN(x + Drop(Attn(x))); x = LN(x + Drop(FFN(x))) — post-LN, as in BERT."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.attention = SelfAttention(config)
+        self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.ffn = FeedForward(config)
+        self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
+        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+
+    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+        x = self.attention_norm(x + self.dropout(self.attention(x, mask)))  # (B, T, C)
+        return self.ffn_norm(x + self.dropout(self.ffn(x)))  # (B, T, C)
+
+
+class Pooler(nn.Module):
+    """tanh(W h_[CLS] + b): the sentence representation NSP and classifiers read (paper §3.1)."""
+
+    def __init__(self, config: BertConfig):
+        super().__init__()
+        self.dense = nn.Linear(config.hidden_size, config.hidden_size)
+
+    def forward(self, hidden: Tensor) -> Tensor:
+        return torch.tanh(self.dense(hidden[:, 0]))  # (B, C)
+
+
+def init_weights(module: nn.Module, std: float) -> None:
+    """Normal(0, std) weights, zero biases, unit LayerNorm; the [PAD] embedding row starts at zero."""
+    if isinstance(module, nn.Linear):
+        nn.init.normal_(module.weight, std=std)
+        if module.bias is not None:
+            nn.init.zeros_(module.bias)
+    elif isinstance(module, nn.Embedding):
+        nn.init.normal_(module.weight, std=std)
+        if module.padding_idx is not None:
+            with torch.no_grad():
+                module.weight[module.padding_idx].zero_()
+    elif isinstance(module, nn.LayerNorm):
+        nn.init.ones_(module.weight)
+        nn.init.zeros_(module.bias)
+
+
+class Pretrained(nn.Module):
+    """Loading and saving in the standard checkpoint layout, shared by the encoder and every head."""
+
+    architecture = "BertModel"  # the class name other BERT implementations know this model by
+
+    config: BertConfig
+
+    def init_weights(self) -> None:
+        self.apply(lambda m: init_weights(m, self.config.initializer_range))
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path, **config_changes):
+        """Load a standard BERT checkpoint directory (config.json + model.safetensors or pytorch_model.bin).
+
+        Weights the checkpoint lacks are initialised and listed in `model.load_report`.
+        `config_changes` override config.json fields (e.g. id2label for a new classifier).
+        """
+        from bertkit.checkpoint import load_pretrained
+
+        return load_pretrained(cls, path, **config_changes)
+
+    def save_pretrained(self, directory: str | Path, *, tokenizer=None) -> Path:
+        """Write config.json and model.safetensors (and the tokenizer's files if given) to `directory`."""
+        from bertkit.checkpoint import save_pretrained
+
+        return save_pretrained(self, directory, tokenizer=tokenizer)
+
+
+class BertModel(Pretrained):
+    """The BERT encoder: embeddings, a stack of layers, and (optionally) the pooler."""
+
+    def __init__(self, config: BertConfig, *, add_pooler: bool = True):
+        super().__init__()
+        self.config = config
+        self.embeddings = Embeddings(config)
+        self.layers = nn.ModuleList(Layer(config) for _ in range(config.num_hidden_layers))
+        self.pooler = Pooler(config) if add_pooler else None
+        self.init_weights()
+
+    def forward(
+        self,
+        input_ids: Tensor,
+        token_type_ids: Tensor | None = None,
+        attention_mask: Tensor | None = None,
+    ) -> BertOutput:
+        """input_ids, token_type_ids, attention_mask: (B, T); attention_mask is 1 for real tokens, 0 for padding."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, T)
+        x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
+        for layer in self.layers:
+            x = layer(x, mask)
+        pooled = self.pooler(x) if self.pooler is not None else None
+        return BertOutput(x, pooled)
+
+
+def num_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+

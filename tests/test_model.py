@@ -1,0 +1,132 @@
+"""The encoder: shapes, invariants, initialisation, and parity with transformers on real and random weights."""
+
+import pytest
+import torch
+
+from bertkit import BertConfig, BertModel
+from bertkit.model import activation, attention
+from tests.conftest import random_batch, reference_config, tiny_config
+
+transformers = pytest.importorskip("transformers")
+
+VARIED = [
+    "Hello, world!",
+    "The quick brown fox jumps over the lazy dog.",
+    "Café naïve Ångström — accents & punctuation?!",
+    "北京是中国的首都。我们今天去吃饭。",
+    "emoji 😀🎉 and symbols ©®™ and numbers 3.14159 and 1,000,000",
+    "",
+    "   ",
+    "tabs\tand\nnewlines and a URL https://example.com/a?b=c",
+    "supercalifragilisticexpialidocious " * 3,
+    " ".join(["a long input that runs past the maximum length of the model"] * 80),
+]
+
+
+def test_shapes_and_no_pooler():
+    config = tiny_config()
+    batch = random_batch(config)
+    out = BertModel(config).eval()(**batch)
+    assert out.last_hidden_state.shape == (3, 11, 32) and out.pooler_output.shape == (3, 32)
+    assert BertModel(config, add_pooler=False)(**batch).pooler_output is None
+
+
+def test_initialisation_follows_the_paper():
+    config = tiny_config(vocab_size=2000, hidden_size=64, intermediate_size=256)
+    model = BertModel(config)
+    w = model.embeddings.word.weight
+    assert abs(w[1:].std().item() - 0.02) < 0.002 and w[config.pad_token_id].abs().sum() == 0
+    up = model.layers[0].ffn.up
+    assert abs(up.weight.std().item() - 0.02) < 0.002 and up.bias.abs().sum() == 0
+    assert torch.all(model.layers[0].ffn_norm.weight == 1)
+
+
+def test_padding_does_not_change_real_token_outputs():
+    config = tiny_config()
+    model = BertModel(config).eval()
+    batch = random_batch(config, B=1, T=7)
+    padded = {k: torch.cat([v, torch.zeros(1, 5, dtype=v.dtype)], dim=1) for k, v in batch.items()}
+    a, b = model(**batch), model(**padded)
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state[:, :7], atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-6, rtol=0)
+
+
+def test_attention_matches_a_hand_written_softmax_in_float64():
+    g = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, 3, 5, 4, generator=g, dtype=torch.float64) for _ in range(3))
+    mask = torch.tensor([[1, 1, 1, 1, 1], [1, 1, 1, 0, 0]]).bool()[:, None, None, :]
+    scores = q @ k.transpose(-1, -2) / 2.0  # sqrt(D) = 2
+    scores = scores.masked_fill(~mask, float("-inf"))
+    expected = scores.softmax(-1) @ v
+    torch.testing.assert_close(attention(q, k, v, mask, 0.0), expected)
+
+
+def test_unknown_activation_is_refused():
+    with pytest.raises(ValueError, match="unsupported hidden_act"):
+        activation("mish2")
+
+
+@pytest.mark.parametrize("act", ["gelu", "gelu_new", "relu"])
+def test_random_weights_match_transformers(tmp_path, act):
+    config = tiny_config(hidden_act=act)
+    torch.manual_seed(0)
+    ref = transformers.BertModel(reference_config(config)).eval()
+    ref.save_pretrained(tmp_path)
+    ours = BertModel.from_pretrained(tmp_path).eval()
+    assert ours.load_report.missing == [] and ours.load_report.unexpected == []
+    batch = random_batch(config)
+    with torch.no_grad():
+        a, b = ours(**batch), ref(**batch)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(a.last_hidden_state[mask], b.last_hidden_state[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-5, rtol=0)
+
+
+@pytest.fixture(scope="module")
+def minilm_pair(minilm_dir):
+    ours = BertModel.from_pretrained(minilm_dir).eval()
+    ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    reftok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    return ours, ref, reftok
+
+
+def _varied_batch(reftok, pairs: bool):
+    second = list(reversed(VARIED)) if pairs else None
+    return reftok(VARIED, second, padding=True, truncation=True, max_length=512, return_tensors="pt")
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_real_minilm_matches_transformers(minilm_pair, pairs):
+    ours, ref, reftok = minilm_pair
+    batch = _varied_batch(reftok, pairs)
+    assert batch["input_ids"].shape[1] == 512  # the long input reaches the model's maximum
+    with torch.no_grad():
+        a, b = ours(**batch), ref(**batch)
+    mask = batch["attention_mask"].bool()
+    hidden_err = (a.last_hidden_state - b.last_hidden_state)[mask].abs().max().item()
+    pooled_err = (a.pooler_output - b.pooler_output).abs().max().item()
+    assert hidden_err < 1e-5 and pooled_err < 1e-5, (hidden_err, pooled_err)
+
+
+def test_real_minilm_mean_pooled_embeddings_match(minilm_pair):
+    ours, ref, reftok = minilm_pair
+    batch = _varied_batch(reftok, pairs=False)
+
+    def mean_pool(hidden, mask):
+        m = mask[..., None].to(hidden.dtype)
+        v = (hidden * m).sum(1) / m.sum(1).clamp(min=1)
+        return torch.nn.functional.normalize(v, dim=-1)
+
+    with torch.no_grad():
+        a = mean_pool(ours(**batch).last_hidden_state, batch["attention_mask"])
+        b = mean_pool(ref(**batch).last_hidden_state, batch["attention_mask"])
+    torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    # A sanity check that the weights are the real ones: related sentences are closer than unrelated.
+    sims = a @ a.T
+    assert sims[0, 1] < 0.9
+
+
+def test_config_from_real_checkpoint(minilm_dir):
+    config = BertConfig.load(minilm_dir)
+    assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (6, 384, 12)
+    assert config.extra.get("transformers_version") == "4.8.2"
