@@ -236,8 +236,9 @@ def _check_shapes(model: Pretrained, state: dict[str, Tensor], path: Path) -> No
     own = model.state_dict()
     for key, value in state.items():
         if key in own and own[key].shape != value.shape:
+            name = next(iter(to_standard({key: own[key]})))  # the name the user sees in the file
             raise CheckpointError(
-                f"{path}: {key} has shape {tuple(value.shape)} but the config implies {tuple(own[key].shape)}"
+                f"{path}: {name} has shape {tuple(value.shape)} but config.json implies {tuple(own[key].shape)}"
             )
 
 
