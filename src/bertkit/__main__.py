@@ -1,0 +1,4 @@
+from bertkit.cli import main
+import sys
+
+sys.exit(main())

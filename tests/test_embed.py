@@ -1,0 +1,74 @@
+"""Sentence embeddings: parity with a transformers-based mean pooling, order, shapes, bad input."""
+
+import numpy as np
+import pytest
+import torch
+
+from bertkit import InputError
+from bertkit.embed import Embedder, embed, length_batches, mean_pool, pad_batch
+
+transformers = pytest.importorskip("transformers")
+
+TEXTS = [
+    "A man is playing a guitar.",
+    "The stock market fell sharply today.",
+    "Someone is strumming a guitar on stage.",
+    "",
+    "北京是中国的首都。",
+    "a much longer text that keeps going " * 30,
+]
+
+
+@pytest.fixture(scope="module")
+def embedder(minilm_dir):
+    return Embedder.from_pretrained(minilm_dir)
+
+
+def test_matches_transformers_mean_pooling(embedder, minilm_dir):
+    ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
+    tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
+    batch = tok(TEXTS, padding=True, truncation=True, max_length=512, return_tensors="pt")
+    with torch.no_grad():
+        hidden = ref(**batch).last_hidden_state
+    m = batch["attention_mask"][..., None].float()
+    expected = torch.nn.functional.normalize((hidden * m).sum(1) / m.sum(1), dim=-1).numpy()
+    got = embedder(TEXTS, batch_size=2)  # small batches: length bucketing reorders, output must not
+    assert got.shape == (len(TEXTS), 384) and got.dtype == np.float32
+    np.testing.assert_allclose(got, expected, atol=1e-5)
+
+
+def test_similar_sentences_are_closer(embedder):
+    v = embedder(TEXTS[:3])
+    assert v[0] @ v[2] > 0.5 > v[0] @ v[1]
+
+
+def test_single_string_empty_list_and_unnormalised(embedder):
+    assert embedder("hello").shape == (384,)
+    assert embedder([]).shape == (0, 384)
+    raw = embedder(["hello world"], normalize=False)
+    assert not np.isclose(np.linalg.norm(raw), 1.0)
+
+
+def test_embed_function_caches_the_default_model():
+    a = embed(["hello world"])
+    b = embed("hello world")
+    np.testing.assert_allclose(a[0], b, atol=1e-6)
+
+
+@pytest.mark.parametrize("bad", [[None], ["ok", 3]])
+def test_non_strings_are_refused(embedder, bad):
+    with pytest.raises(InputError):
+        embedder(bad)
+
+
+def test_bad_batch_size(embedder):
+    with pytest.raises(InputError, match="batch_size"):
+        embedder(["a"], batch_size=0)
+
+
+def test_helpers_by_hand():
+    assert length_batches([3, 9, 1, 5], 2) == [[1, 3], [0, 2]]
+    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0)
+    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
+    hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
+    torch.testing.assert_close(mean_pool(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
