@@ -3,6 +3,8 @@
 import pytest
 import torch
 
+import bertkit
+
 from bertkit import BertConfig, BertModel
 from bertkit.model import activation, attention
 from tests.conftest import random_batch, reference_config, tiny_config
@@ -130,3 +132,21 @@ def test_config_from_real_checkpoint(minilm_dir):
     config = BertConfig.load(minilm_dir)
     assert (config.num_hidden_layers, config.hidden_size, config.num_attention_heads) == (6, 384, 12)
     assert config.extra.get("transformers_version") == "4.8.2"
+
+
+def test_too_long_input_is_a_clear_error():
+    config = tiny_config()
+    with pytest.raises(bertkit.InputError, match="70 tokens is longer than the model's maximum of 64"):
+        BertModel(config)(torch.ones(1, 70, dtype=torch.long))
+
+
+def test_real_minilm_saved_by_bertkit_loads_in_transformers(minilm_pair, tmp_path):
+    ours, _, reftok = minilm_pair
+    ours.save_pretrained(tmp_path)
+    ref, info = transformers.BertModel.from_pretrained(tmp_path, output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    batch = _varied_batch(reftok, pairs=True)
+    with torch.no_grad():
+        a, b = ours(**batch), ref.eval()(**batch)
+    torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-6, rtol=0)

@@ -1,6 +1,7 @@
-"""bertkit: BERT end to end — WordPiece vocabularies, the encoder, checkpoints, embeddings."""
+"""bertkit: BERT end to end — WordPiece vocabularies, the encoder, checkpoints, sentence embeddings."""
 
 from bertkit.config import BertConfig
+from bertkit.embedding import Embedder, embed
 from bertkit.errors import BertkitError, CheckpointError, InputError
 from bertkit.heads import (
     BertForMaskedLM,
@@ -12,11 +13,15 @@ from bertkit.heads import (
     BertForTokenClassification,
 )
 from bertkit.model import BertModel
+from bertkit.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
 
 __all__ = [
     "BertConfig",
+    "Embedder",
+    "Tokenizer",
+    "embed",
     "BertModel",
     "BertForMaskedLM",
     "BertForMultipleChoice",

@@ -57,7 +57,7 @@ def _read_lines(source: str) -> list[str]:
 
 
 def cmd_embed(args: argparse.Namespace) -> int:
-    from bertkit.embed import Embedder
+    from bertkit.embedding import Embedder
 
     texts = _read_lines(args.input)
     embedder = Embedder.from_pretrained(args.model)
@@ -93,7 +93,7 @@ def _write_vectors(texts: list[str], vectors, output: str) -> None:
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
-    from bertkit.embed import Embedder
+    from bertkit.embedding import Embedder
 
     texts = args.texts or DEMO_SENTENCES
     embedder = Embedder.from_pretrained(args.model)
@@ -112,7 +112,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
 
 
 def cmd_tokenize(args: argparse.Namespace) -> int:
-    from bertkit.embed import default_model_dir
+    from bertkit.embedding import default_model_dir
     from bertkit.tokenizer import Tokenizer
 
     tok = Tokenizer.from_pretrained(args.model or default_model_dir())
@@ -128,7 +128,7 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
 
 def cmd_info(args: argparse.Namespace) -> int:
     from bertkit.config import BertConfig
-    from bertkit.embed import default_model_dir
+    from bertkit.embedding import default_model_dir
     from bertkit.heads import HEADS
     from bertkit.model import num_parameters
 

@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
+from bertkit.errors import InputError
 
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),  # exact (erf) GELU, as in the original BERT
@@ -66,6 +67,11 @@ class Embeddings(nn.Module):
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor) -> Tensor:
         T = input_ids.shape[1]
+        if T > self.position.num_embeddings:
+            raise InputError(
+                f"sequence of {T} tokens is longer than the model's maximum of {self.position.num_embeddings} "
+                "(truncate it when tokenizing)"
+            )
         positions = torch.arange(T, device=input_ids.device)  # (T,)
         x = self.word(input_ids) + self.segment(token_type_ids) + self.position(positions)  # (B, T, C)
         return self.dropout(self.norm(x))

@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from bertkit import InputError
-from bertkit.embed import Embedder, embed, length_batches, mean_pool, pad_batch
+from bertkit.embedding import Embedder, embed, length_batches, mean_pool, pad_batch
 
 transformers = pytest.importorskip("transformers")
 
