@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import tempfile
+import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -46,7 +46,7 @@ VOCAB_FILE = "vocab.txt"
 CONFIG_FILE = "tokenizer_config.json"
 SPECIAL_MAP_FILE = "special_tokens_map.json"
 ENGINE_FILE = "tokenizer.json"
-_ENGINE_MAX_LENGTH = 2**31 - 1  # model_max_length may be huge (transformers writes 1e30)
+_ENGINE_MAX_LENGTH = 10**9  # model_max_length may be huge: transformers writes 1e30 for 'no limit'
 _UNSET: Any = object()
 
 PathLike = Union[str, "os.PathLike[str]"]
@@ -129,7 +129,8 @@ class Tokenizer:
         if directory.exists() and not directory.is_dir():
             raise InputError(f"{directory}: exists and is not a directory")
         directory.mkdir(parents=True, exist_ok=True)
-        specials = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS, "mask_token": MASK}
+        specials = {"unk_token": UNK, "sep_token": SEP, "pad_token": PAD, "cls_token": CLS,
+                    "mask_token": MASK}
         config = {
             "tokenizer_class": "BertTokenizer",
             "do_lower_case": self.lowercase,
@@ -249,8 +250,8 @@ class Tokenizer:
         if engine is None:
             engine = _Engine.from_str(self._engine.to_str())
             engine.enable_truncation(min(limit, _ENGINE_MAX_LENGTH), strategy="longest_first")
-            if len(self._truncating) >= 8:
-                self._truncating.pop(next(iter(self._truncating)))
+            for stale in list(self._truncating)[:-7]:  # keep a few max_lengths, not every one ever used
+                self._truncating.pop(stale, None)
             self._truncating[limit] = engine
         return engine
 
@@ -266,7 +267,8 @@ class Tokenizer:
         """Text for a sequence of ids (a list, 1-D tensor or array); ## pieces are joined."""
         return self._engine.decode(self._check_ids(ids), skip_special_tokens=skip_special_tokens)
 
-    def batch_decode(self, batch: Sequence[Sequence[int]] | Any, skip_special_tokens: bool = True) -> list[str]:
+    def batch_decode(self, batch: Sequence[Sequence[int]] | Any,
+                     skip_special_tokens: bool = True) -> list[str]:
         """``decode`` for each sequence of a batch (list of lists, or a 2-D tensor or array)."""
         rows = batch.tolist() if hasattr(batch, "tolist") else batch
         return [self.decode(row, skip_special_tokens=skip_special_tokens) for row in rows]
@@ -293,7 +295,8 @@ class Tokenizer:
         size = len(self._id_to_token)
         for i, value in enumerate(values):
             if not _is_int(value):
-                raise InputError(f"ids[{i}] is {_type_name(value)}, expected an int (use batch_decode for batches)")
+                raise InputError(f"ids[{i}] is {_type_name(value)}, expected an int "
+                                 "(use batch_decode for batches)")
             if not 0 <= value < size:
                 raise InputError(f"ids[{i}] = {value} is outside the vocabulary (0..{size - 1})")
         return [int(v) for v in values]
@@ -446,8 +449,8 @@ def _read_config(path: Path) -> dict[str, Any]:
                                ("tokenize_chinese_chars", "chinese_chars", (bool,))):
         if key in config:
             if not isinstance(config[key], allowed):
-                raise CheckpointError(f"{path}: {key} must be true, false{' or null' if len(allowed) > 1 else ''}, "
-                                      f"got {config[key]!r}")
+                choices = "true, false or null" if len(allowed) > 1 else "true or false"
+                raise CheckpointError(f"{path}: {key} must be {choices}, got {config[key]!r}")
             settings[name] = config[key]
     length = config.get("model_max_length")
     if length is not None:
@@ -458,15 +461,15 @@ def _read_config(path: Path) -> dict[str, Any]:
 
 
 def _write_atomically(path: Path, text: str) -> Path:
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as f:
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
+    try:  # open(..., "x") rather than mkstemp, so the file gets the usual (umask) permissions
+        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
             f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
     except BaseException:
-        Path(tmp).unlink(missing_ok=True)
+        tmp.unlink(missing_ok=True)
         raise
     return path
 
@@ -527,7 +530,8 @@ def _as_batch(texts: Any, name: str) -> tuple[bool, list[str]]:
 
 
 def _padding_mode(padding: Any) -> str | None:
-    modes = {False: None, "do_not_pad": None, True: "longest", "longest": "longest", "max_length": "max_length"}
+    modes = {False: None, "do_not_pad": None, True: "longest", "longest": "longest",
+             "max_length": "max_length"}
     if not isinstance(padding, (bool, str)) or padding not in modes:
         raise InputError(f"padding must be False, True, 'longest' or 'max_length', got {padding!r}")
     return modes[padding]
@@ -550,6 +554,8 @@ def _check_lengths(encodings: list[_EngineEncoding], limit: int) -> None:
 def _pad(encodings: list[_EngineEncoding], mode: str | None, limit: int, pad_id: int) -> None:
     if mode is None:
         return
+    if mode == "max_length" and limit > _ENGINE_MAX_LENGTH:
+        raise InputError(f"padding='max_length' needs a max_length (model_max_length is {limit})")
     length = limit if mode == "max_length" else max(len(e.ids) for e in encodings)
     for encoding in encodings:
         encoding.pad(length, direction="right", pad_id=pad_id, pad_type_id=0, pad_token=PAD)
