@@ -195,10 +195,18 @@ def load_pretrained(cls: type[Pretrained], path: str | os.PathLike, **config_cha
     config = BertConfig.load(directory)
     if config_changes:
         config = config.replace(**config_changes)
-    weights_path = find_weights(directory)
-    encoder, head, unknown = from_standard(read_weights(weights_path))
-    _check_vocab(config, encoder, weights_path)
     model = cls(config)
+    report = load_state_into(model, directory)
+    _log_report(report, cls, directory)
+    model.load_report = report
+    return model
+
+
+def load_state_into(model: Pretrained, directory: Path) -> LoadReport:
+    """Copy the weights of a checkpoint directory into an existing model of a matching config."""
+    weights_path = find_weights(Path(directory))
+    encoder, head, unknown = from_standard(read_weights(weights_path))
+    _check_vocab(model.config, encoder, weights_path)
     has_encoder_prefix = hasattr(model, "bert")
     state = {("bert." + k if has_encoder_prefix else k): v for k, v in encoder.items()}
     if has_encoder_prefix:
@@ -206,11 +214,9 @@ def load_pretrained(cls: type[Pretrained], path: str | os.PathLike, **config_cha
     report = LoadReport(unexpected=unknown + ([] if has_encoder_prefix else sorted(head)))
     _check_shapes(model, state, weights_path)
     result = model.load_state_dict(state, strict=False)
-    report.missing = [k for k in result.missing_keys]
-    report.unexpected += [k for k in result.unexpected_keys]
-    _log_report(report, cls, directory)
-    model.load_report = report
-    return model
+    report.missing = list(result.missing_keys)
+    report.unexpected += list(result.unexpected_keys)
+    return report
 
 
 def _checkpoint_dir(path: str | os.PathLike) -> Path:

@@ -1,0 +1,78 @@
+"""PyTorch's own distributed engine, as launched by torchrun: rank helpers and reductions.
+
+With no torchrun environment everything here degrades to a single process, so the training loop
+calls these helpers unconditionally.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+
+import torch
+import torch.distributed as dist
+
+
+@dataclass(frozen=True)
+class World:
+    rank: int = 0
+    world_size: int = 1
+    local_rank: int = 0
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+    @property
+    def distributed(self) -> bool:
+        return self.world_size > 1
+
+
+def init() -> World:
+    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
+    if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
+        return World()
+    world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
+    if world.world_size > 1 and not dist.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        if backend == "nccl":
+            torch.cuda.set_device(world.local_rank)
+        dist.init_process_group(backend)
+    return world
+
+
+def device_for(world: World) -> torch.device:
+    return torch.device("cuda", world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+
+
+def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
+    """Sum a tensor over all processes (in place) and return it."""
+    if world.distributed:
+        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    return values
+
+
+def all_gather_objects(obj, world: World) -> list:
+    if not world.distributed:
+        return [obj]
+    out: list = [None] * world.world_size
+    dist.all_gather_object(out, obj)
+    return out
+
+
+def broadcast_object(obj, world: World):
+    if not world.distributed:
+        return obj
+    box = [obj]
+    dist.broadcast_object_list(box, src=0)
+    return box[0]
+
+
+def barrier(world: World) -> None:
+    if world.distributed:
+        dist.barrier()
+
+
+def shutdown(world: World) -> None:
+    if world.distributed and dist.is_initialized():
+        dist.destroy_process_group()

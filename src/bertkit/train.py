@@ -1,0 +1,535 @@
+"""The one training loop, for pretraining and fine-tuning alike.
+
+It knows nothing of BERT's tasks. It is given
+  * an *objective*: an nn.Module holding the model (`objective.model`) whose forward turns a batch
+    into loss *sums* per term (e.g. {"mlm": ..., "nsp": ...}) and metric sums, and whose
+    `counts(batch)` says how many labelled items each term has;
+  * a *batch source* with random access, `batch(epoch, index, batch_size, rank=, world_size=)`, so
+    that a resumed run continues at the exact batch it stopped at without replaying data.
+
+Each loss term is divided by its count over the whole accumulation window and all processes
+(torchtitan's rule), so gradient accumulation and multi-process runs give the same update as one
+big batch. Checkpoints are written to a temporary directory and renamed into place, and `latest`
+is only updated after that, so no half-written checkpoint is ever resumed from.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import math
+import os
+import shutil
+import signal
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Callable, Iterator, NamedTuple, Protocol
+
+import torch
+from torch import Tensor, nn
+
+from bertkit import distributed
+from bertkit.distributed import World
+from bertkit.errors import BertkitError
+
+
+@dataclass
+class TrainConfig:
+    """How to train: steps, batch, optimiser, schedule, precision, evaluation and checkpoints."""
+
+    out: Path
+    """Run directory: checkpoints/, metrics.jsonl, loss.png and the final model."""
+    steps: int = 1000
+    """Number of optimiser steps."""
+    batch_size: int = 32
+    """Sequences per process per micro-batch."""
+    grad_accum: int = 1
+    """Micro-batches accumulated into one optimiser step."""
+    lr: float = 1e-4
+    """Peak learning rate."""
+    warmup: float = 0.01
+    """Warm-up steps; a value below 1 is a fraction of `steps`."""
+    schedule: str = "linear"
+    """Decay after warm-up: linear or cosine (to zero at the last step), or constant."""
+    weight_decay: float = 0.01
+    """AdamW weight decay, not applied to biases and LayerNorm weights."""
+    betas: tuple[float, float] = (0.9, 0.999)
+    """AdamW betas."""
+    eps: float = 1e-6
+    """AdamW epsilon (1e-6 as in the original BERT optimiser)."""
+    max_grad_norm: float = 1.0
+    """Clip the global gradient norm to this (0 turns clipping off)."""
+    precision: str = "auto"
+    """fp32, bf16 (autocast), or auto: bf16 where the hardware supports it natively, else fp32."""
+    compile: bool = False
+    """Compile the model with torch.compile."""
+    seed: int = 0
+    """Seed of initialisation, data order, masking and dropout."""
+    eval_every: int = 0
+    """Evaluate every N steps (0: only at the end)."""
+    save_every: int = 0
+    """Checkpoint every N steps (0: only at the end and on interrupt)."""
+    log_every: int = 10
+    """Write a metrics row every N steps."""
+    keep_checkpoints: int = 2
+    """How many recent checkpoints to keep."""
+    resume: bool = False
+    """Continue from the latest checkpoint in `out` if there is one."""
+    progress: bool = True
+    """Show a progress bar (main process only)."""
+
+    def warmup_steps(self) -> int:
+        return int(self.warmup * self.steps) if self.warmup < 1 else int(self.warmup)
+
+
+class BatchSource(Protocol):
+    def num_batches(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> int: ...
+
+    def batch(
+        self, epoch: int, index: int, batch_size: int, *, rank: int = 0, world_size: int = 1
+    ) -> dict[str, Tensor]: ...
+
+
+class StepSums(NamedTuple):
+    losses: dict[str, Tensor]  # per loss term: sum over labelled items (with grad)
+    metrics: dict[str, Tensor]  # per metric: a sum (no grad), e.g. correct predictions
+
+
+class Objective(Protocol):
+    model: nn.Module
+
+    def __call__(self, batch: dict[str, Tensor]) -> StepSums: ...
+
+    def counts(self, batch: dict[str, Tensor]) -> dict[str, float]: ...
+
+    def summarize(self, sums: dict[str, float]) -> dict[str, float]: ...
+
+
+@dataclass
+class Position:
+    """Where in the data the next micro-batch comes from."""
+
+    epoch: int = 0
+    index: int = 0
+
+
+@dataclass
+class TrainState:
+    step: int = 0
+    position: Position = field(default_factory=Position)
+    history: list[dict] = field(default_factory=list)
+
+
+# ---- small pure pieces ------------------------------------------------------------------------------
+
+
+def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
+    """Multiplier of the peak learning rate at `step`: linear warm-up, then the chosen decay."""
+    if step < warmup:
+        return (step + 1) / warmup
+    if schedule == "constant":
+        return 1.0
+    progress = min(1.0, (step - warmup) / max(1, total - warmup))
+    if schedule == "linear":
+        return 1.0 - progress
+    if schedule == "cosine":
+        return 0.5 * (1.0 + math.cos(math.pi * progress))
+    raise BertkitError(f"unknown schedule {schedule!r}; choose linear, cosine or constant")
+
+
+def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
+    """No weight decay on biases and LayerNorm weights (the 1-D parameters), as in BERT's optimiser."""
+    decay, no_decay = [], []
+    for p in model.parameters():
+        if p.requires_grad:
+            (decay if p.ndim >= 2 else no_decay).append(p)
+    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+
+
+def bf16_supported(device: torch.device) -> bool:
+    """Native bf16 matrix units: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported()
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return " avx512_bf16" in flags or " amx_bf16" in flags
+
+
+def use_bf16(precision: str, device: torch.device) -> bool:
+    if precision not in ("auto", "fp32", "bf16"):
+        raise BertkitError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
+    return precision == "bf16" or (precision == "auto" and bf16_supported(device))
+
+
+def next_positions(position: Position, n: int, batches_in: Callable[[int], int]) -> list[Position]:
+    """The next n data positions, rolling over into the next epoch at its end."""
+    out, p = [], Position(position.epoch, position.index)
+    for _ in range(n):
+        while p.index >= batches_in(p.epoch):
+            if batches_in(p.epoch) == 0:
+                raise BertkitError("the training data yields no batch: it is empty or smaller than one batch")
+            p = Position(p.epoch + 1, 0)
+        out.append(Position(p.epoch, p.index))
+        p = Position(p.epoch, p.index + 1)
+    return out
+
+
+def _add(into: dict[str, float], values: dict[str, float | Tensor]) -> None:
+    for k, v in values.items():
+        into[k] = into.get(k, 0.0) + float(v)
+
+
+def reduce_sums(sums: dict[str, float], world: World) -> dict[str, float]:
+    """Sum a dict of floats over all processes (every process must pass the same keys)."""
+    if not world.distributed or not sums:
+        return dict(sums)
+    keys = sorted(sums)
+    t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
+    distributed.all_reduce_sum(t, world)
+    return dict(zip(keys, t.tolist()))
+
+
+# ---- checkpoints ------------------------------------------------------------------------------------
+
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+
+
+def latest_checkpoint(out: Path) -> Path | None:
+    pointer = out / CHECKPOINTS / LATEST
+    if not pointer.is_file():
+        return None
+    directory = out / CHECKPOINTS / pointer.read_text().strip()
+    return directory if (directory / "trainer.pt").is_file() else None
+
+
+def save_checkpoint(objective: Objective, optimizer, scheduler, state: TrainState, config: TrainConfig,
+                    world: World, *, tokenizer=None) -> Path | None:
+    """Write model + optimiser + schedule + RNG + data position; only the main process writes."""
+    rng = distributed.all_gather_objects(torch.get_rng_state(), world)  # every rank's dropout stream
+    if not world.is_main:
+        distributed.barrier(world)
+        return None
+    root = config.out / CHECKPOINTS
+    root.mkdir(parents=True, exist_ok=True)
+    name = f"step-{state.step:08d}"
+    tmp = root / f".{name}.tmp-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    objective.model.save_pretrained(tmp, tokenizer=tokenizer)
+    torch.save(
+        {
+            "step": state.step,
+            "position": asdict(state.position),
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+            "history": state.history,
+            "config": {k: str(v) for k, v in asdict(config).items()},
+        },
+        tmp / "trainer.pt",
+    )
+    final = root / name
+    shutil.rmtree(final, ignore_errors=True)
+    os.replace(tmp, final)
+    _write_atomically(root / LATEST, name + "\n")
+    _prune(root, config.keep_checkpoints)
+    distributed.barrier(world)
+    return final
+
+
+def _write_atomically(path: Path, text: str) -> None:
+    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _prune(root: Path, keep: int) -> None:
+    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
+    for old in steps[: max(0, len(steps) - max(1, keep))]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def load_checkpoint(directory: Path, objective: Objective, optimizer, scheduler, world: World) -> TrainState:
+    from bertkit.checkpoint import load_state_into
+
+    load_state_into(objective.model, directory)
+    saved = torch.load(directory / "trainer.pt", map_location="cpu", weights_only=False)
+    optimizer.load_state_dict(saved["optimizer"])
+    scheduler.load_state_dict(saved["scheduler"])
+    rng = saved["rng"]
+    if len(rng) == world.world_size:  # same number of processes: every rank continues its own stream
+        torch.set_rng_state(rng[world.rank])
+    return TrainState(saved["step"], Position(**saved["position"]), saved.get("history", []))
+
+
+# ---- logging ----------------------------------------------------------------------------------------
+
+
+class MetricsLog:
+    """metrics.jsonl (always), TensorBoard (when installed); main process only."""
+
+    def __init__(self, out: Path, world: World, *, resume_step: int | None):
+        self.enabled = world.is_main
+        self.path = out / "metrics.jsonl"
+        self.tb = None
+        if not self.enabled:
+            return
+        out.mkdir(parents=True, exist_ok=True)
+        if resume_step is None:
+            self.path.write_text("")
+        else:
+            self._truncate_after(resume_step)
+        with contextlib.suppress(Exception):
+            from torch.utils.tensorboard import SummaryWriter
+
+            self.tb = SummaryWriter(str(out / "tensorboard"))
+
+    def _truncate_after(self, step: int) -> None:
+        """A resumed run rewrites the rows the interrupted run logged after its last checkpoint."""
+        if not self.path.exists():
+            return
+        rows = [line for line in self.path.read_text().splitlines() if line.strip()]
+        keep = [line for line in rows if json.loads(line).get("step", 0) <= step]
+        self.path.write_text("".join(line + "\n" for line in keep))
+
+    def write(self, row: dict) -> None:
+        if not self.enabled:
+            return
+        with self.path.open("a") as f:
+            f.write(json.dumps(row) + "\n")
+        if self.tb is not None:
+            for k, v in row.items():
+                if isinstance(v, (int, float)) and k != "step":
+                    self.tb.add_scalar(f"{row.get('split', 'train')}/{k}", v, row["step"])
+
+    def close(self) -> None:
+        if self.tb is not None:
+            self.tb.close()
+
+
+def plot_metrics(path: Path, out_png: Path) -> Path | None:
+    """A PNG of the training and validation loss curves (needs matplotlib)."""
+    try:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+    except ImportError:
+        return None
+    rows = [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+    train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train" and "loss" in r]
+    valid = [(r["step"], r["loss"]) for r in rows if r.get("split") == "valid" and "loss" in r]
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for points, label, style in ((train, "train", "-"), (valid, "valid", "o-")):
+        if points:
+            ax.plot(*zip(*points), style, label=label)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(out_png, dpi=100)
+    plt.close(fig)
+    return out_png
+
+
+# ---- the loop ---------------------------------------------------------------------------------------
+
+
+class _Interrupted(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _stop_on_signals():
+    """SIGINT/SIGTERM raise _Interrupted at a safe point, so a checkpoint can be written first."""
+    def handler(signum, frame):
+        raise _Interrupted(signal.Signals(signum).name)
+
+    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)
+
+
+def _progress_bar(config: TrainConfig, world: World, start: int):
+    if not (config.progress and world.is_main):
+        return None
+    from tqdm import tqdm
+
+    return tqdm(total=config.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+def fit(
+    objective: Objective,
+    source: BatchSource,
+    config: TrainConfig,
+    *,
+    evaluate: Callable[[], dict[str, float]] | None = None,
+    tokenizer=None,
+    world: World | None = None,
+) -> TrainState:
+    """Train `objective.model` for config.steps optimiser steps; returns the final state.
+
+    `evaluate` is called on every process every eval_every steps and at the end; it returns
+    metrics already reduced over processes. The final model (+ tokenizer) is saved to config.out.
+    """
+    world = world or World()
+    device = next(objective.model.parameters()).device
+    bf16 = use_bf16(config.precision, device)
+    optimizer = torch.optim.AdamW(
+        param_groups(objective.model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.eps
+    )
+    warmup = config.warmup_steps()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup=warmup, total=config.steps, schedule=config.schedule)
+    )
+    state = TrainState()
+    found = latest_checkpoint(config.out) if config.resume else None
+    if found is not None:
+        state = load_checkpoint(found, objective, optimizer, scheduler, world)
+    else:
+        torch.manual_seed(config.seed + world.rank)  # dropout streams differ by rank
+    log = MetricsLog(config.out, world, resume_step=state.step if found else None)
+    if found is not None and world.is_main:
+        print(f"resuming from {found} (step {state.step})", flush=True)
+
+    module: nn.Module = objective  # type: ignore[assignment]
+    if world.distributed:
+        module = nn.parallel.DistributedDataParallel(module, device_ids=[device.index] if device.type == "cuda" else None)
+    if config.compile:
+        module = torch.compile(module)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+    def batches_in(epoch: int) -> int:
+        return source.num_batches(epoch, config.batch_size, rank=world.rank, world_size=world.world_size)
+
+    bar = _progress_bar(config, world, state.step)
+    window: dict[str, float] = {}
+    window_steps, window_start = 0, time.perf_counter()
+    try:
+        with _stop_on_signals():
+            while state.step < config.steps:
+                positions = next_positions(state.position, config.grad_accum, batches_in)
+                sums = _train_step(module, objective, source, positions, config, world, device, autocast)
+                optimizer.step()
+                scheduler.step()
+                optimizer.zero_grad(set_to_none=True)
+                state.step += 1
+                state.position = Position(positions[-1].epoch, positions[-1].index + 1)
+                _add(window, sums)
+                window_steps += 1
+                if state.step % config.log_every == 0 or state.step == config.steps:
+                    row = _log_row(objective, window, window_steps, world, state.step,
+                                   time.perf_counter() - window_start, scheduler.get_last_lr()[0])
+                    row["epoch"] = state.position.epoch
+                    log.write(row)
+                    state.history.append(row)
+                    if bar is not None:
+                        bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
+                    window, window_steps, window_start = {}, 0, time.perf_counter()
+                if bar is not None:
+                    bar.update(1)
+                if evaluate is not None and config.eval_every and state.step % config.eval_every == 0 \
+                        and state.step < config.steps:
+                    _evaluate(evaluate, objective, log, state, world)
+                if config.save_every and state.step % config.save_every == 0 and state.step < config.steps:
+                    save_checkpoint(objective, optimizer, scheduler, state, config, world, tokenizer=tokenizer)
+    except (_Interrupted, KeyboardInterrupt):
+        if bar is not None:
+            bar.close()
+        path = save_checkpoint(objective, optimizer, scheduler, state, config, world, tokenizer=tokenizer)
+        log.close()
+        if world.is_main:
+            print(f"\ninterrupted at step {state.step}; checkpoint saved to {path}; continue with --resume", flush=True)
+        raise KeyboardInterrupt from None
+    if bar is not None:
+        bar.close()
+    if evaluate is not None:
+        _evaluate(evaluate, objective, log, state, world)
+    save_checkpoint(objective, optimizer, scheduler, state, config, world, tokenizer=tokenizer)
+    if world.is_main:
+        objective.model.save_pretrained(config.out, tokenizer=tokenizer)
+        log.close()
+        plot_metrics(log.path, config.out / "loss.png")
+    distributed.barrier(world)
+    return state
+
+
+def _train_step(module, objective, source, positions, config, world, device, autocast) -> dict[str, float]:
+    """Accumulate gradients over the micro-batches at `positions`; return the step's metric sums."""
+    batches = [
+        {k: v.to(device) for k, v in
+         source.batch(p.epoch, p.index, config.batch_size, rank=world.rank, world_size=world.world_size).items()}
+        for p in positions
+    ]
+    counts: dict[str, float] = {}
+    for b in batches:
+        _add(counts, objective.counts(b))
+    global_counts = reduce_sums(counts, world)
+    sums: dict[str, float] = {f"n_{k}": v for k, v in counts.items()}
+    for i, batch in enumerate(batches):
+        sync = not world.distributed or i == len(batches) - 1
+        with (contextlib.nullcontext() if sync else module.no_sync()), autocast:
+            out = module(batch)
+        # DDP averages gradients over processes; scaling by world_size turns that into a sum.
+        loss = sum(out.losses[k] / max(global_counts[k], 1.0) for k in out.losses) * world.world_size
+        loss.backward()
+        _add(sums, {f"loss_{k}": v.detach() for k, v in out.losses.items()})
+        _add(sums, {k: v.detach() for k, v in out.metrics.items()})
+        sums["tokens"] = sums.get("tokens", 0.0) + float(batch["attention_mask"].sum())
+    if config.max_grad_norm:
+        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(objective.model.parameters(), config.max_grad_norm))
+    return sums
+
+
+def _log_row(objective, window, steps, world, step, seconds, lr) -> dict:
+    grad_norm = window.pop("grad_norm", None)  # the same on every process: averaged over steps, not summed
+    total = reduce_sums(window, world)
+    row = {"step": step, "split": "train", "lr": lr}
+    row.update(objective.summarize(total))
+    row["tokens_per_s"] = total.get("tokens", 0.0) / max(seconds, 1e-9)
+    if grad_norm is not None:
+        row["grad_norm"] = grad_norm / max(steps, 1)
+    return row
+
+
+def _evaluate(evaluate, objective, log: MetricsLog, state: TrainState, world: World) -> None:
+    objective.model.eval()
+    with torch.no_grad():
+        metrics = evaluate()
+    objective.model.train()
+    row = {"step": state.step, "split": "valid", **metrics}
+    log.write(row)
+    state.history.append(row)
+    if world.is_main:
+        shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
+        print(f"step {state.step}: valid {shown}", flush=True)
+
+
+def evaluate_sums(objective: Objective, source: BatchSource, batch_size: int, world: World,
+                  *, epoch: int = 0, autocast=None) -> dict[str, float]:
+    """Metrics of `objective` over every batch of `source` (one fixed epoch), reduced over processes."""
+    device = next(objective.model.parameters()).device
+    sums: dict[str, float] = {}
+    n = source.num_batches(epoch, batch_size, rank=world.rank, world_size=world.world_size)
+    for i in range(n):
+        batch = {k: v.to(device) for k, v in
+                 source.batch(epoch, i, batch_size, rank=world.rank, world_size=world.world_size).items()}
+        with autocast or contextlib.nullcontext():
+            out = objective(batch)
+        _add(sums, {f"n_{k}": v for k, v in objective.counts(batch).items()})
+        _add(sums, {f"loss_{k}": v for k, v in out.losses.items()})
+        _add(sums, out.metrics)
+    return objective.summarize(reduce_sums(sums, world))
+
+
+def iter_rows(path: Path) -> Iterator[dict]:
+    for line in path.read_text().splitlines():
+        if line.strip():
+            yield json.loads(line)

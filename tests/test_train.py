@@ -1,0 +1,158 @@
+"""The training loop on a tiny model: schedule, accumulation = big batch, exact resume, checkpoints."""
+
+import json
+import math
+
+import pytest
+import torch
+
+from bertkit.heads import IGNORE, BertForPreTraining
+from bertkit.pretrain import PretrainingObjective
+from bertkit.train import Position, TrainConfig, fit, latest_checkpoint, lr_factor, next_positions, param_groups
+from tests.conftest import random_batch, tiny_config
+
+
+class RandomSource:
+    """Deterministic random pretraining batches addressed by (epoch, index): 4 batches an epoch."""
+
+    def __init__(self, config, per_epoch=4):
+        self.config, self.per_epoch = config, per_epoch
+
+    def num_batches(self, epoch, batch_size, *, rank=0, world_size=1):
+        return self.per_epoch
+
+    def examples(self, epoch, index, n):
+        seed = 1000 * epoch + index
+        batch = random_batch(self.config, B=n, T=12, seed=seed)
+        g = torch.Generator().manual_seed(seed)
+        labels = batch["input_ids"].clone()
+        labels[(torch.rand(labels.shape, generator=g) > 0.3) | (batch["attention_mask"] == 0)] = IGNORE
+        batch["labels"] = labels
+        batch["next_sentence_label"] = torch.randint(0, 2, (n,), generator=g)
+        return batch
+
+    def batch(self, epoch, index, batch_size, *, rank=0, world_size=1):
+        full = self.examples(epoch, index, batch_size * world_size)
+        return {k: v[rank * batch_size:(rank + 1) * batch_size] for k, v in full.items()}
+
+
+class SplitSource(RandomSource):
+    """The same global batches as RandomSource(2b), served as two micro-batches of b."""
+
+    def num_batches(self, epoch, batch_size, *, rank=0, world_size=1):
+        return 2 * self.per_epoch
+
+    def batch(self, epoch, index, batch_size, *, rank=0, world_size=1):
+        full = self.examples(epoch, index // 2, 2 * batch_size)
+        half = index % 2
+        return {k: v[half * batch_size:(half + 1) * batch_size] for k, v in full.items()}
+
+
+def _objective(seed=0, dropout=0.0):
+    torch.manual_seed(seed)
+    config = tiny_config(hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return PretrainingObjective(BertForPreTraining(config)), config
+
+
+def _config(tmp_path, **changes):
+    base = dict(out=tmp_path, steps=6, batch_size=4, lr=1e-3, warmup=2, log_every=1, progress=False, precision="fp32")
+    base.update(changes)
+    return TrainConfig(**base)
+
+
+def test_lr_schedule_by_hand():
+    assert [lr_factor(s, warmup=2, total=6, schedule="linear") for s in range(6)] == [0.5, 1.0, 1.0, 0.75, 0.5, 0.25]
+    assert lr_factor(4, warmup=2, total=6, schedule="cosine") == pytest.approx(0.5)
+    assert lr_factor(100, warmup=2, total=6, schedule="constant") == 1.0
+
+
+def test_no_weight_decay_on_biases_and_layernorm():
+    objective, _ = _objective()
+    decay, no_decay = param_groups(objective.model, 0.01)
+    assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
+    assert no_decay["weight_decay"] == 0.0
+
+
+def test_positions_roll_over_epochs():
+    got = next_positions(Position(0, 3), 3, lambda epoch: 4)
+    assert [(p.epoch, p.index) for p in got] == [(0, 3), (1, 0), (1, 1)]
+
+
+def test_sparse_objective_equals_the_dense_head_loss():
+    objective, config = _objective()
+    objective.eval()
+    batch = RandomSource(config).batch(0, 0, 4)
+    sums = objective(batch)
+    counts = objective.counts(batch)
+    dense = objective.model(**batch).loss
+    sparse = sums.losses["mlm"] / counts["mlm"] + sums.losses["nsp"] / counts["nsp"]
+    torch.testing.assert_close(sparse, dense, atol=1e-5, rtol=1e-5)
+
+
+def test_loss_falls(tmp_path):
+    objective, config = _objective()
+    fit(objective, RandomSource(config, per_epoch=1), _config(tmp_path, steps=40, warmup=3, lr=1e-2, schedule="constant"))
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    train = [r for r in rows if r["split"] == "train"]
+    assert train[-1]["loss"] < 0.7 * train[0]["loss"]
+    assert (tmp_path / "model.safetensors").exists() and (tmp_path / "config.json").exists()
+
+
+def test_accumulation_equals_one_big_batch(tmp_path):
+    a, config = _objective()
+    fit(a, RandomSource(config), _config(tmp_path / "big", batch_size=8, steps=3))
+    b, _ = _objective()
+    fit(b, SplitSource(config), _config(tmp_path / "accum", batch_size=4, grad_accum=2, steps=3))
+    for (name, p), q in zip(a.model.named_parameters(), b.model.parameters()):
+        torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
+
+
+class CtrlCAt(RandomSource):
+    """Raises KeyboardInterrupt, as Ctrl-C would, when the loop asks for micro-batch `at`."""
+
+    def __init__(self, config, at):
+        super().__init__(config)
+        self.at = at
+
+    def batch(self, epoch, index, batch_size, *, rank=0, world_size=1):
+        if epoch * self.per_epoch + index == self.at:
+            raise KeyboardInterrupt
+        return super().batch(epoch, index, batch_size, rank=rank, world_size=world_size)
+
+
+def test_interrupt_saves_and_resume_continues_exactly(tmp_path, capsys):
+    straight, config = _objective(dropout=0.1)
+    fit(straight, RandomSource(config), _config(tmp_path / "straight", steps=6))
+    first, _ = _objective(dropout=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(first, CtrlCAt(config, at=5), _config(tmp_path / "resumed", steps=6))
+    assert "interrupted at step 5" in capsys.readouterr().out
+    second, _ = _objective(seed=123, dropout=0.1)  # different init: everything must come from the checkpoint
+    fit(second, RandomSource(config), _config(tmp_path / "resumed", steps=6, resume=True))
+    for p, q in zip(straight.model.parameters(), second.model.parameters()):
+        assert torch.equal(p, q)
+    rows = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in rows("straight")] == [r["loss"] for r in rows("resumed")]
+
+
+def test_checkpoints_are_complete_and_pruned(tmp_path):
+    objective, config = _objective()
+    fit(objective, RandomSource(config), _config(tmp_path, steps=6, save_every=2, keep_checkpoints=2))
+    root = tmp_path / "checkpoints"
+    assert sorted(p.name for p in root.iterdir() if p.is_dir()) == ["step-00000004", "step-00000006"]
+    assert latest_checkpoint(tmp_path) == root / "step-00000006"
+    assert not [p for p in root.iterdir() if "tmp" in p.name]
+
+
+def test_a_leftover_temporary_checkpoint_is_never_resumed(tmp_path):
+    objective, config = _objective()
+    fit(objective, RandomSource(config), _config(tmp_path, steps=2))
+    (tmp_path / "checkpoints" / ".step-00000009.tmp-1").mkdir()  # as if killed while writing
+    assert latest_checkpoint(tmp_path).name == "step-00000002"
+
+
+def test_perplexity_is_exp_of_mlm_loss():
+    objective, _ = _objective()
+    out = objective.summarize({"n_mlm": 10, "loss_mlm": 20.0, "mlm_correct": 3, "n_nsp": 4, "loss_nsp": 2.0, "nsp_correct": 2})
+    assert out["perplexity"] == pytest.approx(math.exp(2.0), rel=1e-6)
+    assert out["mlm_accuracy"] == 0.3 and out["nsp_accuracy"] == 0.5 and out["loss"] == pytest.approx(2.5)
