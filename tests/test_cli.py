@@ -68,3 +68,20 @@ def test_undecodable_input_names_file_and_line(capsys, tmp_path):
 def test_module_entry_point_help():
     result = subprocess.run([sys.executable, "-m", "bertkit", "--help"], capture_output=True, text=True)
     assert result.returncode == 0 and "embed" in result.stdout and "similarity" in result.stdout
+
+
+def test_config_dataclass_becomes_options():
+    import argparse
+
+    from bertkit.cli import add_config_options, config_from_args, field_docs
+    from bertkit.train import TrainConfig
+
+    docs = field_docs(TrainConfig)
+    assert docs["grad_accum"] == "Micro-batches accumulated into one optimiser step."
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, TrainConfig)
+    args = parser.parse_args(["--out", "runs/x", "--steps", "5", "--no-progress", "--betas", "0.9", "0.98"])
+    config = config_from_args(TrainConfig, args)
+    assert config.steps == 5 and config.progress is False and config.betas == (0.9, 0.98)
+    assert str(config.out) == "runs/x" and config.lr == 1e-4
+    assert "Micro-batches accumulated" in parser.format_help()

@@ -7,11 +7,17 @@ and exit status 2, never a traceback.
 from __future__ import annotations
 
 import argparse
+import ast
+import dataclasses
+import inspect
 import json
 import logging
 import sys
+import textwrap
+import types
+import typing
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Sequence
 
 from bertkit.errors import BertkitError, InputError
 
@@ -51,6 +57,57 @@ def _read_lines(source: str) -> list[str]:
         if line.strip():
             lines.append(line)
     return lines
+
+
+# ---- typed configs as options ------------------------------------------------------------------------
+
+
+def field_docs(cls: type) -> dict[str, str]:
+    """The docstring line under each field of a dataclass (our configs document every field that way)."""
+    tree = ast.parse(textwrap.dedent(inspect.getsource(cls)))
+    body = tree.body[0].body  # type: ignore[attr-defined]
+    docs = {}
+    for node, after in zip(body, body[1:]):
+        if isinstance(node, ast.AnnAssign) and isinstance(after, ast.Expr) and isinstance(after.value, ast.Constant):
+            docs[node.target.id] = str(after.value.value).strip()  # type: ignore[attr-defined]
+    return docs
+
+
+def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = ()) -> None:
+    """One --option per dataclass field: the config class is the schema and the help text."""
+    docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    for f in dataclasses.fields(cls):
+        if f.name in skip:
+            continue
+        flag = "--" + f.name.replace("_", "-")
+        kind = _plain_type(hints[f.name])
+        default = None if f.default is dataclasses.MISSING else f.default
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        help_text = docs.get(f.name, "") + ("" if required or default is None else f" (default: {default})")
+        if kind is bool:
+            parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
+        elif typing.get_origin(kind) is tuple:
+            parser.add_argument(flag, type=float, nargs=2, default=default, help=help_text)
+        else:
+            parser.add_argument(flag, type=kind, default=default, required=required, help=help_text,
+                                metavar=f.name.upper())
+
+
+def _plain_type(hint: Any) -> Any:
+    """`int | None` -> int; `Path` stays Path."""
+    if isinstance(hint, types.UnionType) or typing.get_origin(hint) is typing.Union:
+        args = [a for a in typing.get_args(hint) if a is not type(None)]
+        return args[0]
+    return hint
+
+
+def config_from_args(cls: type, args: argparse.Namespace, **extra: Any):
+    names = {f.name for f in dataclasses.fields(cls)}
+    values = {k: v for k, v in vars(args).items() if k in names}
+    values.update(extra)
+    if "betas" in values and values["betas"] is not None:
+        values["betas"] = tuple(values["betas"])
+    return cls(**values)
 
 
 # ---- embed ------------------------------------------------------------------------------------------
@@ -123,6 +180,33 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- fill-mask --------------------------------------------------------------------------------------
+
+
+def cmd_fill_mask(args: argparse.Namespace) -> int:
+    from bertkit.fill_mask import FillMask
+
+    fill = FillMask.from_pretrained(args.model)
+    for n, candidates in enumerate(fill(args.text, top_k=args.top_k), start=1):
+        print(f"[MASK] {n}:" if args.text.count("[MASK]") > 1 else "[MASK]:")
+        for c in candidates:
+            print(f"  {c.token:<20} {c.probability:.4f}")
+    return 0
+
+
+# ---- tokenizer train --------------------------------------------------------------------------------
+
+
+def cmd_tokenizer_train(args: argparse.Namespace) -> int:
+    from bertkit.vocab import train_vocabulary
+
+    train_vocabulary(
+        args.files, out=args.out, vocab_size=args.vocab_size, lowercase=not args.cased,
+        chinese_chars=not args.no_chinese_chars, min_frequency=args.min_frequency,
+    )
+    return 0
+
+
 # ---- info -------------------------------------------------------------------------------------------
 
 
@@ -177,6 +261,25 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.add_argument("--pair", default=None, metavar="TEXT", help="a second segment for every text")
+
+    p = command("fill-mask", cmd_fill_mask, "Predict the tokens behind [MASK] with a masked-LM checkpoint.")
+    p.add_argument("--model", required=True, metavar="DIR", help="checkpoint with an MLM head (e.g. from bertkit pretrain)")
+    p.add_argument("text", help='text with one or more [MASK] tokens, e.g. "the capital of france is [MASK] ."')
+    p.add_argument("--top-k", type=int, default=5)
+
+    p = command("tokenizer", lambda a: (p_tok.print_help(), 2)[1], "Train WordPiece vocabularies.")
+    p_tok = p
+    tsub = p.add_subparsers(dest="tokenizer_command", metavar="ACTION")
+    t = tsub.add_parser("train", help="Train a WordPiece vocabulary from text files.",
+                        description="Train a WordPiece vocabulary with BERT's special tokens from text files "
+                        "(plain text, .jsonl with a text field, gzip; English or Chinese).")
+    t.set_defaults(func=cmd_tokenizer_train)
+    t.add_argument("files", nargs="+", metavar="FILE", help="text files or directories")
+    t.add_argument("--vocab-size", type=int, default=30522)
+    t.add_argument("--out", required=True, metavar="DIR", help="where to write vocab.txt and the tokenizer files")
+    t.add_argument("--cased", action="store_true", help="keep case and accents (default: lower-case, strip accents)")
+    t.add_argument("--no-chinese-chars", action="store_true", help="do not split every CJK character into its own token")
+    t.add_argument("--min-frequency", type=int, default=2, help="ignore pieces seen fewer times (default: 2)")
 
     p = command("info", cmd_info, "Describe a checkpoint: architecture, sizes, parameters, labels.")
     _add_model(p)

@@ -1,0 +1,46 @@
+"""Fill in [MASK] tokens with a masked-language model: the quickest look at what pretraining learned."""
+
+from __future__ import annotations
+
+import os
+from typing import NamedTuple
+
+import torch
+
+from bertkit.errors import CheckpointError, InputError
+from bertkit.heads import BertForMaskedLM
+from bertkit.tokenizer import Tokenizer
+
+
+class Candidate(NamedTuple):
+    token: str
+    probability: float
+
+
+class FillMask:
+    def __init__(self, model: BertForMaskedLM, tokenizer: Tokenizer):
+        self.model = model.eval()
+        self.tokenizer = tokenizer
+
+    @classmethod
+    def from_pretrained(cls, path: str | os.PathLike) -> FillMask:
+        model = BertForMaskedLM.from_pretrained(path)
+        if any(k.startswith("mlm.") for k in model.load_report.missing):
+            raise CheckpointError(f"{path}: the checkpoint has no masked-LM head (cls.predictions), so it cannot fill masks")
+        return cls(model, Tokenizer.from_pretrained(path))
+
+    @torch.inference_mode()
+    def __call__(self, text: str, *, top_k: int = 5) -> list[list[Candidate]]:
+        """For each [MASK] in `text`, the top_k tokens with their probabilities."""
+        enc = self.tokenizer(text, truncation=True, max_length=self.model.config.max_position_embeddings,
+                             return_tensors="pt")
+        where = (enc["input_ids"][0] == self.tokenizer.mask_token_id).nonzero().flatten()
+        if len(where) == 0:
+            raise InputError(f"no [MASK] token in {text!r}")
+        logits = self.model(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"]).logits[0]  # (T, V)
+        probs = logits[where].softmax(-1)  # (masks, V)
+        top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
+        return [
+            [Candidate(self.tokenizer.convert_ids_to_tokens(int(i)), float(p)) for p, i in zip(ps, ids)]
+            for ps, ids in zip(top.values, top.indices)
+        ]

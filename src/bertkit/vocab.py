@@ -1,0 +1,81 @@
+"""`bertkit tokenizer train`: a WordPiece vocabulary from raw text, with a summary of how well it fits."""
+
+from __future__ import annotations
+
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Iterable, Iterator, Sequence
+
+from bertkit.data.corpus import CorpusStats, iter_documents
+from bertkit.tokenizer import Tokenizer
+
+SAMPLE_EVERY = 20  # every 20th sentence is kept to measure the trained vocabulary on
+
+
+@dataclass
+class VocabSummary:
+    vocab_size: int
+    sentences: int
+    sample_words: int
+    unknown_rate: float  # share of sample tokens that are [UNK]
+    whole_word_rate: float  # share of sample words that are a single vocabulary entry
+    pieces_per_word: float
+
+    def lines(self) -> list[str]:
+        return [
+            f"vocabulary: {self.vocab_size} tokens, trained on {self.sentences} sentences",
+            f"on a sample of {self.sample_words} words: {self.unknown_rate:.3%} [UNK] tokens, "
+            f"{self.whole_word_rate:.1%} of words kept whole, {self.pieces_per_word:.2f} pieces per word",
+        ]
+
+
+def _sentences(paths: Sequence[str | os.PathLike], stats: CorpusStats, sample: list[str]) -> Iterator[str]:
+    seen = 0
+    for doc in iter_documents(paths, stats=stats):
+        for sentence in doc.sentences:
+            if seen % SAMPLE_EVERY == 0 and len(sample) < 5000:
+                sample.append(sentence)
+            seen += 1
+            yield sentence
+
+
+def measure(tok: Tokenizer, sample: Iterable[str], sentences: int) -> VocabSummary:
+    words = tokens = unknown = whole = 0
+    for text in sample:
+        for word in text.split():
+            pieces = tok.tokenize(word)
+            words += len(pieces) > 0
+            tokens += len(pieces)
+            unknown += sum(p == "[UNK]" for p in pieces)
+            whole += len(pieces) == 1 and pieces[0] != "[UNK]"
+    return VocabSummary(
+        vocab_size=len(tok), sentences=sentences, sample_words=words,
+        unknown_rate=unknown / max(tokens, 1), whole_word_rate=whole / max(words, 1),
+        pieces_per_word=tokens / max(words, 1),
+    )
+
+
+def train_vocabulary(
+    paths: Sequence[str | os.PathLike],
+    *,
+    out: str | os.PathLike,
+    vocab_size: int = 30522,
+    lowercase: bool = True,
+    chinese_chars: bool = True,
+    min_frequency: int = 2,
+    progress: bool | None = None,
+) -> tuple[Tokenizer, VocabSummary]:
+    """Train on every sentence of `paths`, save to `out`, print and return a summary."""
+    stats, sample = CorpusStats(), []
+    show = sys.stderr.isatty() if progress is None else progress
+    tok = Tokenizer.train_from_iterator(
+        _sentences(paths, stats, sample), vocab_size=vocab_size, lowercase=lowercase,
+        chinese_chars=chinese_chars, min_frequency=min_frequency, show_progress=show,
+    )
+    tok.save_pretrained(Path(out))
+    summary = measure(tok, sample, stats.sentences)
+    for line in summary.lines() + stats.summary() + [f"saved to {out}"]:
+        print(line)
+    return tok, summary
