@@ -83,7 +83,8 @@ def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequ
         kind = _plain_type(hints[f.name])
         default = None if f.default is dataclasses.MISSING else f.default
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
-        help_text = docs.get(f.name, "") + ("" if required or default is None else f" (default: {default})")
+        help_text = docs.get(f.name, "").replace("%", "%%")
+        help_text += "" if required or default is None else f" (default: {default})"
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(kind) is tuple:
@@ -180,6 +181,33 @@ def cmd_tokenize(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- prepare and pretrain ---------------------------------------------------------------------------
+
+
+def cmd_prepare(args: argparse.Namespace) -> int:
+    from bertkit.data.shards import prepare
+    from bertkit.tokenizer import Tokenizer
+
+    prepare(
+        args.files, Tokenizer.from_pretrained(args.tokenizer), args.out, valid_fraction=args.valid_fraction,
+        shard_tokens=args.shard_tokens, seed=args.seed, segmenter=args.segmenter, text_field=args.text_field,
+        document_sentences=args.document_sentences, progress=True,
+    )
+    print(f"prepared corpus written to {args.out}", file=sys.stderr)
+    return 0
+
+
+def cmd_pretrain(args: argparse.Namespace) -> int:
+    from bertkit.pretrain import PretrainArgs, run_pretrain
+    from bertkit.train import TrainConfig
+
+    try:
+        run_pretrain(config_from_args(PretrainArgs, args), config_from_args(TrainConfig, args))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
 # ---- fill-mask --------------------------------------------------------------------------------------
 
 
@@ -261,6 +289,27 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("texts", nargs="*", metavar="TEXT")
     p.add_argument("--pair", default=None, metavar="TEXT", help="a second segment for every text")
+
+    p = command("prepare", cmd_prepare, "Tokenize raw text into memory-mapped shards for pretraining.")
+    p.add_argument("files", nargs="+", metavar="FILE",
+                   help="plain text (a sentence per line, blank line between documents), .jsonl, gzip; or directories")
+    p.add_argument("--tokenizer", required=True, metavar="DIR", help="a tokenizer or checkpoint directory (vocab.txt)")
+    p.add_argument("--out", required=True, metavar="DIR")
+    p.add_argument("--valid-fraction", type=float, default=0.01, help="share of documents held out (default: 0.01)")
+    p.add_argument("--shard-tokens", type=int, default=16_000_000, help="tokens per shard (default: 16M)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--segmenter", choices=["jieba"], default=None,
+                   help="mark Chinese word boundaries with jieba (for --whole-word-masking)")
+    p.add_argument("--text-field", default="text", help="field holding the text in .jsonl files (default: text)")
+    p.add_argument("--document-sentences", type=int, default=None, metavar="N",
+                   help="cut documents into parts of N sentences (for text without blank lines between documents)")
+
+    from bertkit.pretrain import PretrainArgs
+    from bertkit.train import TrainConfig
+
+    p = command("pretrain", cmd_pretrain, "Pretrain BERT (MLM + NSP/SOP) on prepared shards; torchrun for many processes.")
+    add_config_options(p, PretrainArgs)
+    add_config_options(p, TrainConfig)
 
     p = command("fill-mask", cmd_fill_mask, "Predict the tokens behind [MASK] with a masked-LM checkpoint.")
     p.add_argument("--model", required=True, metavar="DIR", help="checkpoint with an MLM head (e.g. from bertkit pretrain)")

