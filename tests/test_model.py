@@ -4,7 +4,6 @@ import pytest
 import torch
 
 import bertkit
-
 from bertkit import BertConfig, BertModel
 from bertkit.model import activation, attention
 from tests.conftest import random_batch, reference_config, tiny_config

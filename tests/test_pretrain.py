@@ -78,7 +78,9 @@ def test_resume_after_interrupt_matches_the_straight_run(prepared, tmp_path):
     checkpoints = resumed / "checkpoints"
     (checkpoints / "latest").write_text("step-00000004\n")
     assert main(_pretrain_args(prepared, resumed, "--steps", "8", "--resume")) == 0
-    losses = lambda d: [(r["step"], r["loss"]) for r in _rows(d) if r["split"] == "train"]
+    def losses(directory):
+        return [(r["step"], r["loss"]) for r in _rows(directory) if r["split"] == "train"]
+
     assert losses(resumed) == losses(straight)
 
 

@@ -8,7 +8,15 @@ import torch
 
 from bertkit.heads import IGNORE, BertForPreTraining
 from bertkit.pretrain import PretrainingObjective
-from bertkit.train import Position, TrainConfig, fit, latest_checkpoint, lr_factor, next_positions, param_groups
+from bertkit.train import (
+    Position,
+    TrainConfig,
+    fit,
+    latest_checkpoint,
+    lr_factor,
+    next_positions,
+    param_groups,
+)
 from tests.conftest import random_batch, tiny_config
 
 
@@ -131,7 +139,9 @@ def test_interrupt_saves_and_resume_continues_exactly(tmp_path, capsys):
     fit(second, RandomSource(config), _config(tmp_path / "resumed", steps=6, resume=True))
     for p, q in zip(straight.model.parameters(), second.model.parameters()):
         assert torch.equal(p, q)
-    rows = lambda d: [json.loads(x) for x in (tmp_path / d / "metrics.jsonl").read_text().splitlines()]
+    def rows(name):
+        return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+
     assert [r["loss"] for r in rows("straight")] == [r["loss"] for r in rows("resumed")]
 
 

@@ -1,6 +1,6 @@
 import pytest
 
-from bertkit import InputError, Tokenizer
+from bertkit import Tokenizer
 from bertkit.cli import main
 from bertkit.vocab import measure
 

@@ -1,4 +1,5 @@
-from bertkit.cli import main
 import sys
+
+from bertkit.cli import main
 
 sys.exit(main())

@@ -16,8 +16,9 @@ import sys
 import textwrap
 import types
 import typing
+from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, Callable, Sequence
+from typing import Any
 
 from bertkit.errors import BertkitError, InputError
 
@@ -151,13 +152,17 @@ def _write_vectors(texts: list[str], vectors, output: str) -> None:
 
 
 def cmd_similarity(args: argparse.Namespace) -> int:
+    return cmd_similarity_texts(args.model, args.texts)
+
+
+def cmd_similarity_texts(model: str | None, texts: list[str] | None) -> int:
     from bertkit.embedding import Embedder
 
-    texts = args.texts or DEMO_SENTENCES
-    embedder = Embedder.from_pretrained(args.model)
+    texts = texts or DEMO_SENTENCES
+    embedder = Embedder.from_pretrained(model)
     vectors = embedder(texts)
     sims = vectors @ vectors.T
-    print(f"model: {args.model or 'all-MiniLM-L6-v2 (built-in default)'}, {len(texts)} texts, dimension {embedder.dim}")
+    print(f"model: {model or 'all-MiniLM-L6-v2 (built-in default)'}, {len(texts)} texts, dimension {embedder.dim}")
     print("cosine similarity:")
     width = max(len(str(i)) for i in range(len(texts))) + 1
     print(" " * (width + 1) + "".join(f"{j:>7}" for j in range(len(texts))))
@@ -203,6 +208,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
     try:
         run_pretrain(config_from_args(PretrainArgs, args), config_from_args(TrainConfig, args))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def cmd_demo(args: argparse.Namespace) -> int:
+    from bertkit.demo import DemoConfig, run_demo
+
+    try:
+        run_demo(config_from_args(DemoConfig, args))
     except KeyboardInterrupt:
         return 130
     return 0
@@ -264,7 +279,7 @@ def cmd_info(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bertkit", description="BERT end to end: tokenize, embed, inspect.")
+    parser = argparse.ArgumentParser(prog="bertkit", description="BERT end to end: vocabularies, pretraining, embeddings.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -310,6 +325,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("pretrain", cmd_pretrain, "Pretrain BERT (MLM + NSP/SOP) on prepared shards; torchrun for many processes.")
     add_config_options(p, PretrainArgs)
     add_config_options(p, TrainConfig)
+
+    from bertkit.demo import DemoConfig
+
+    p = command("demo", cmd_demo, "Embed with MiniLM, then train a vocabulary, prepare and pretrain a small BERT "
+                "on the Penn Treebank, and fill masks with it (about three minutes on 2 cores).")
+    add_config_options(p, DemoConfig)
 
     p = command("fill-mask", cmd_fill_mask, "Predict the tokens behind [MASK] with a masked-LM checkpoint.")
     p.add_argument("--model", required=True, metavar="DIR", help="checkpoint with an MLM head (e.g. from bertkit pretrain)")

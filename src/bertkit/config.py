@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from bertkit.errors import CheckpointError
+from bertkit.fileio import write_text_atomically
 
 CONFIG_NAME = "config.json"
 
@@ -126,11 +127,8 @@ class BertConfig:
 
     def save(self, directory: str | os.PathLike) -> Path:
         """Write config.json into `directory` atomically."""
-        path = Path(directory) / CONFIG_NAME
-        tmp = path.with_name(path.name + ".tmp")
-        tmp.write_text(json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n", encoding="utf-8")
-        os.replace(tmp, path)
-        return path
+        return write_text_atomically(Path(directory) / CONFIG_NAME,
+                                     json.dumps(self.to_dict(), indent=2, sort_keys=True) + "\n")
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> BertConfig:

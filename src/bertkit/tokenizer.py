@@ -24,7 +24,6 @@ from __future__ import annotations
 import json
 import numbers
 import os
-import uuid
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
@@ -36,6 +35,7 @@ from tokenizers import Tokenizer as _Engine
 from tokenizers.models import WordPiece
 
 from bertkit.errors import CheckpointError, InputError
+from bertkit.fileio import write_text_atomically
 
 __all__ = ["BatchEncoding", "Tokenizer"]
 
@@ -147,7 +147,7 @@ class Tokenizer:
             SPECIAL_MAP_FILE: json.dumps(specials, indent=2) + "\n",
             ENGINE_FILE: self._engine.to_str(pretty=True),
         }
-        return [_write_atomically(directory / name, text) for name, text in contents.items()]
+        return [write_text_atomically(directory / name, text) for name, text in contents.items()]
 
     # ----------------------------------------------------------------------------- training
 
@@ -458,20 +458,6 @@ def _read_config(path: Path) -> dict[str, Any]:
             raise CheckpointError(f"{path}: model_max_length must be a positive integer, got {length!r}")
         settings["model_max_length"] = length
     return settings
-
-
-def _write_atomically(path: Path, text: str) -> Path:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.{uuid.uuid4().hex[:8]}.tmp")
-    try:  # open(..., "x") rather than mkstemp, so the file gets the usual (umask) permissions
-        with open(tmp, "x", encoding="utf-8", newline="\n") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    return path
 
 
 def _corpus_files(files: PathLike | Iterable[PathLike]) -> list[Path]:

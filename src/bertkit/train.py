@@ -22,9 +22,10 @@ import os
 import shutil
 import signal
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Callable, Iterator, NamedTuple, Protocol
+from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
@@ -32,6 +33,7 @@ from torch import Tensor, nn
 from bertkit import distributed
 from bertkit.distributed import World
 from bertkit.errors import BertkitError
+from bertkit.fileio import write_text_atomically
 
 
 @dataclass
@@ -234,16 +236,10 @@ def save_checkpoint(objective: Objective, optimizer, scheduler, state: TrainStat
     final = root / name
     shutil.rmtree(final, ignore_errors=True)
     os.replace(tmp, final)
-    _write_atomically(root / LATEST, name + "\n")
+    write_text_atomically(root / LATEST, name + "\n")
     _prune(root, config.keep_checkpoints)
     distributed.barrier(world)
     return final
-
-
-def _write_atomically(path: Path, text: str) -> None:
-    tmp = path.with_name(path.name + f".tmp-{os.getpid()}")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _prune(root: Path, keep: int) -> None:

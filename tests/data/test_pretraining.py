@@ -13,8 +13,19 @@ import pytest
 import torch
 
 from bertkit.data.pretraining import (
-    IN_ORDER, IS_NEXT, RANDOM_NEXT, SWAPPED, PretrainingBatches, PretrainingConfig,
-    _greedy_fill, build_examples, collate, example_stats, mask_seed, mask_tokens, prediction_budget,
+    IN_ORDER,
+    IS_NEXT,
+    RANDOM_NEXT,
+    SWAPPED,
+    PretrainingBatches,
+    PretrainingConfig,
+    _greedy_fill,
+    build_examples,
+    collate,
+    example_stats,
+    mask_seed,
+    mask_tokens,
+    prediction_budget,
     truncation_counts,
 )
 from bertkit.errors import InputError

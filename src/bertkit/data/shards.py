@@ -35,6 +35,7 @@ import numpy as np
 
 from bertkit.data.corpus import CorpusStats, Document, PathLike, WarnFn, iter_documents
 from bertkit.errors import InputError
+from bertkit.fileio import TMP_PREFIX, fsync_dir, write_text_atomically
 from bertkit.tokenizer import SPECIAL_TOKENS, Tokenizer
 
 __all__ = ["FORMAT_VERSION", "PrepareStats", "ShardedCorpus", "SplitStats", "load_prepared", "prepare",
@@ -48,7 +49,6 @@ SPLITS = ("train", "valid")
 SHARD_FILES = ("tokens.npy", "word_starts.npy", "sentences.npy", "documents.npy")
 SEGMENTERS = (None, "jieba")
 BATCH_SENTENCES = 4096  # sentences per encode_batch call: enough to keep the engine's threads busy
-TMP_PREFIX = ".tmp-"
 
 # Literal "[MASK]" etc. in raw text would otherwise become the real special ids (the engine
 # matches added tokens before normalization). A zero-width space breaks the match and is then
@@ -151,7 +151,7 @@ def prepare(
     tokenizer.save_pretrained(out_dir / TOKENIZER_DIR)
     meta = _meta(tokenizer, writers, stats, valid_fraction=valid_fraction, seed=seed, segmenter=segmenter,
                  text_field=text_field, shard_tokens=shard_tokens)
-    _write_json_atomically(out_dir / META_FILE, meta)  # last: its presence means "complete"
+    write_text_atomically(out_dir / META_FILE, json.dumps(meta, indent=2) + "\n")  # last: its presence means "complete"
     stats.seconds = time.monotonic() - started
     if progress:
         print("\n".join(stats.summary()), file=sys.stderr)
@@ -421,7 +421,7 @@ class _ShardWriter:
 
     def close(self) -> None:
         self._flush()
-        _fsync_dir(self.directory)
+        fsync_dir(self.directory)
 
     def _flush(self) -> None:
         self.compact()
@@ -469,19 +469,6 @@ def _write_shard(directory: Path, name: str, arrays: dict[str, np.ndarray]) -> N
         raise
 
 
-def _fsync_dir(directory: Path) -> None:
-    try:  # makes the renames durable; not possible on every platform (Windows), and not vital
-        fd = os.open(directory, os.O_RDONLY)
-    except OSError:
-        return
-    try:
-        os.fsync(fd)
-    except OSError:
-        pass
-    finally:
-        os.close(fd)
-
-
 def _meta(tokenizer: Tokenizer, writers: dict[str, _ShardWriter], stats: PrepareStats,
           **settings: Any) -> dict[str, Any]:
     return {
@@ -505,21 +492,6 @@ def _meta(tokenizer: Tokenizer, writers: dict[str, _ShardWriter], stats: Prepare
             for split, w in writers.items()
         },
     }
-
-
-def _write_json_atomically(path: Path, data: Any) -> None:
-    tmp = path.with_name(f"{TMP_PREFIX}{path.name}-{os.getpid()}-{uuid.uuid4().hex[:8]}")
-    try:
-        with open(tmp, "x", encoding="utf-8") as f:
-            json.dump(data, f, indent=2)
-            f.write("\n")
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
-    _fsync_dir(path.parent)
 
 
 # --------------------------------------------------------------------------------- reading

