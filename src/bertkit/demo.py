@@ -31,7 +31,7 @@ class DemoConfig:
     """Where the vocabulary, shards and pretrained model go."""
     config: str = "tiny"
     """Model size to pretrain."""
-    steps: int = 600
+    steps: int = 2000
     """Pretraining steps."""
     batch_size: int = 32
     """Sequences per step."""
@@ -39,7 +39,7 @@ class DemoConfig:
     """Tokens per sequence."""
     vocab_size: int = 8000
     """WordPiece vocabulary size."""
-    lr: float = 1e-3
+    lr: float = 2e-3
     """Peak learning rate (small models take a large one)."""
 
 
@@ -76,7 +76,7 @@ def run_demo(demo: DemoConfig) -> None:
     final = run_pretrain(
         PretrainArgs(data=out / "data", config=demo.config, max_length=demo.max_length, eval_batches=20),
         TrainConfig(out=out / "model", steps=demo.steps, batch_size=demo.batch_size, lr=demo.lr,
-                    warmup=0.05, eval_every=max(1, demo.steps // 3), log_every=20, seed=0),
+                    warmup=0.05, eval_every=max(1, demo.steps // 4), log_every=20, seed=0),
     )
     losses = [r["loss"] for r in _rows(out / "model") if r["split"] == "train"]
     print(f"training loss: {losses[0]:.2f} -> {losses[-1]:.2f}; held-out MLM accuracy "
