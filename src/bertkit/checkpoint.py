@@ -190,28 +190,33 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # in the file, not used by this model
 
 
-def load_pretrained(cls: type[Pretrained], path: str | os.PathLike, **config_changes) -> Pretrained:
+def load_pretrained(cls: type[Pretrained], path: str | os.PathLike, *, with_head: bool = True,
+                    **config_changes) -> Pretrained:
     directory = _checkpoint_dir(path)
     config = BertConfig.load(directory)
     if config_changes:
         config = config.replace(**config_changes)
     model = cls(config)
-    report = load_state_into(model, directory)
+    report = load_state_into(model, directory, with_head=with_head)
     _log_report(report, cls, directory)
     model.load_report = report
     return model
 
 
-def load_state_into(model: Pretrained, directory: Path) -> LoadReport:
-    """Copy the weights of a checkpoint directory into an existing model of a matching config."""
+def load_state_into(model: Pretrained, directory: Path, *, with_head: bool = True) -> LoadReport:
+    """Copy the weights of a checkpoint directory into an existing model of a matching config.
+
+    with_head=False takes the encoder only and leaves the model's head as initialised (a new task).
+    """
     weights_path = find_weights(Path(directory))
     encoder, head, unknown = from_standard(read_weights(weights_path))
     _check_vocab(model.config, encoder, weights_path)
     has_encoder_prefix = hasattr(model, "bert")
     state = {("bert." + k if has_encoder_prefix else k): v for k, v in encoder.items()}
-    if has_encoder_prefix:
+    takes_head = has_encoder_prefix and with_head
+    if takes_head:
         state.update(head)
-    report = LoadReport(unexpected=unknown + ([] if has_encoder_prefix else sorted(head)))
+    report = LoadReport(unexpected=unknown + ([] if takes_head else sorted(head)))
     _check_shapes(model, state, weights_path)
     result = model.load_state_dict(state, strict=False)
     report.missing = list(result.missing_keys)

@@ -74,16 +74,22 @@ def field_docs(cls: type) -> dict[str, str]:
     return docs
 
 
-def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = ()) -> None:
-    """One --option per dataclass field: the config class is the schema and the help text."""
+def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (),
+                       defaults: dict[str, Any] | None = None, unset: bool = False) -> None:
+    """One --option per dataclass field: the config class is the schema and the help text.
+
+    `defaults` replaces some fields' defaults; unset=True makes every default None (options that
+    only override values stored elsewhere, e.g. in a fine-tuned model's config.json)."""
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
+    defaults = defaults or {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
         flag = "--" + f.name.replace("_", "-")
         kind = _plain_type(hints[f.name])
         default = None if f.default is dataclasses.MISSING else f.default
-        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING
+        default = None if unset else defaults.get(f.name, default)
+        required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and not unset
         help_text = docs.get(f.name, "").replace("%", "%%")
         help_text += "" if required or default is None else f" (default: {default})"
         if kind is bool:
@@ -223,6 +229,44 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- finetune, evaluate, predict ----------------------------------------------------------------------
+
+FINETUNE_DEFAULTS = {"lr": 5e-5, "warmup": 0.1, "batch_size": 32, "log_every": 10, "keep_checkpoints": 1}
+
+
+def cmd_finetune(args: argparse.Namespace) -> int:
+    from bertkit.finetune import FinetuneArgs, run_finetune
+    from bertkit.tasks import DataOptions
+    from bertkit.train import TrainConfig
+
+    try:
+        run_finetune(config_from_args(FinetuneArgs, args), config_from_args(DataOptions, args),
+                     config_from_args(TrainConfig, args, steps=1))
+    except KeyboardInterrupt:
+        return 130
+    return 0
+
+
+def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
+    from bertkit.tasks import DataOptions
+
+    return {f.name: getattr(args, f.name) for f in dataclasses.fields(DataOptions)}
+
+
+def cmd_evaluate(args: argparse.Namespace) -> int:
+    from bertkit.finetune import run_evaluate
+
+    run_evaluate(args.model, Path(args.data), _data_overrides(args), batch_size=args.batch_size, as_json=args.json)
+    return 0
+
+
+def cmd_predict(args: argparse.Namespace) -> int:
+    from bertkit.finetune import run_predict
+
+    run_predict(args.model, args.input, args.output, _data_overrides(args), batch_size=args.batch_size)
+    return 0
+
+
 # ---- fill-mask --------------------------------------------------------------------------------------
 
 
@@ -325,6 +369,30 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("pretrain", cmd_pretrain, "Pretrain BERT (MLM + NSP/SOP) on prepared shards; torchrun for many processes.")
     add_config_options(p, PretrainArgs)
     add_config_options(p, TrainConfig)
+
+    from bertkit.finetune import FinetuneArgs
+    from bertkit.tasks import DataOptions
+
+    p = command("finetune", cmd_finetune, "Fine-tune a BERT checkpoint for classify, tag, qa or choice; "
+                "evaluates on --dev every epoch and keeps the best model.")
+    add_config_options(p, FinetuneArgs)
+    add_config_options(p, DataOptions)
+    add_config_options(p, TrainConfig, skip=("steps", "eval_every", "save_every"), defaults=FINETUNE_DEFAULTS)
+
+    p = command("evaluate", cmd_evaluate, "Score a fine-tuned model on a labelled file.")
+    p.add_argument("--model", required=True, metavar="DIR", help="a model from bertkit finetune")
+    p.add_argument("--data", required=True, metavar="FILE", help="labelled file in the task's format")
+    p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
+    p.add_argument("--batch-size", type=int, default=64)
+    add_config_options(p, DataOptions, unset=True)
+
+    p = command("predict", cmd_predict, "Predict with a fine-tuned model; writes JSONL, one line per input.")
+    p.add_argument("--model", required=True, metavar="DIR", help="a model from bertkit finetune")
+    p.add_argument("--input", "-i", default="-", metavar="FILE",
+                   help="a file in the task's format, or plain text with an input per line ('-': stdin)")
+    p.add_argument("--output", "-o", default="-", metavar="FILE", help="JSONL file (default: stdout)")
+    p.add_argument("--batch-size", type=int, default=64)
+    add_config_options(p, DataOptions, unset=True)
 
     from bertkit.demo import DemoConfig
 

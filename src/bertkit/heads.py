@@ -51,9 +51,10 @@ class MLMHead(nn.Module):
         return F.linear(h, word_embeddings, self.bias)  # (..., V)
 
 
-def token_loss(logits: Tensor, labels: Tensor) -> Tensor:
-    """Mean cross-entropy over the labelled positions (labels == IGNORE take no part)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE)
+def token_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
+    """Cross-entropy over the labelled positions (labels == IGNORE take no part)."""
+    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
+                           reduction=reduction)
 
 
 def _dropout(config: BertConfig) -> nn.Dropout:
@@ -121,22 +122,27 @@ class BertForPreTraining(Pretrained):
         return PreTrainingOutput(mlm_logits, nsp_logits, loss)
 
 
-def classification_loss(logits: Tensor, labels: Tensor, problem_type: str | None) -> Tensor:
-    """Cross-entropy (one class), BCE on sigmoids (several labels at once) or MSE (regression)."""
+def infer_problem_type(num_labels: int, labels: Tensor) -> str:
+    """What other BERT implementations assume when config.problem_type is not set."""
+    if num_labels == 1:
+        return "regression"
+    if labels.dtype in (torch.long, torch.int):
+        return "single_label_classification"
+    return "multi_label_classification"
+
+
+def classification_loss(logits: Tensor, labels: Tensor, problem_type: str | None, reduction: str = "mean") -> Tensor:
+    """Cross-entropy (one class), BCE on sigmoids (several labels at once) or MSE (regression).
+
+    The mean (reduction="mean") is over examples, or over example × label for several labels."""
     L = logits.shape[-1]
-    if problem_type is None:  # infer it, as other BERT implementations do
-        if L == 1:
-            problem_type = "regression"
-        elif labels.dtype in (torch.long, torch.int):
-            problem_type = "single_label_classification"
-        else:
-            problem_type = "multi_label_classification"
+    problem_type = problem_type or infer_problem_type(L, labels)
     if problem_type == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(logits.shape[:-1]))
+        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(logits.shape[:-1]), reduction=reduction)
     if problem_type == "multi_label_classification":
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype))
+        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction=reduction)
     if problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, L), labels.view(-1))
+        return F.cross_entropy(logits.view(-1, L), labels.view(-1), reduction=reduction)
     raise ValueError(f"unknown problem_type {problem_type!r}")
 
 
@@ -202,11 +208,11 @@ class BertForQuestionAnswering(Pretrained):
         return SpanOutput(start, end, loss)
 
 
-def span_loss(logits: Tensor, positions: Tensor) -> Tensor:
+def span_loss(logits: Tensor, positions: Tensor, reduction: str = "mean") -> Tensor:
     """Cross-entropy of a start (or end) position; positions outside the sequence take no part."""
     T = logits.shape[1]
     positions = positions.view(-1).clamp(0, T)  # T marks "outside", e.g. an answer cut off by truncation
-    return F.cross_entropy(logits, positions, ignore_index=T)
+    return F.cross_entropy(logits, positions, ignore_index=T, reduction=reduction)
 
 
 class BertForMultipleChoice(Pretrained):

@@ -27,7 +27,7 @@ import os
 import warnings
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, Union
+from typing import Any, NamedTuple, Union
 
 from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Encoding as _EngineEncoding
@@ -37,7 +37,7 @@ from tokenizers.models import WordPiece
 from bertkit.errors import CheckpointError, InputError
 from bertkit.fileio import write_text_atomically
 
-__all__ = ["BatchEncoding", "Tokenizer"]
+__all__ = ["BatchEncoding", "Pieces", "Tokenizer"]
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # also the id order (0..4) of trained vocabularies
@@ -62,6 +62,14 @@ class BatchEncoding(dict):
             if hasattr(value, "to"):
                 self[key] = value.to(device)
         return self
+
+
+class Pieces(NamedTuple):
+    """The WordPiece pieces of one text, without special tokens or truncation."""
+
+    ids: list[int]
+    offsets: list[tuple[int, int]]  # character span of each piece in its text (in its word, for split words)
+    word_ids: list[int]  # index of the word each piece belongs to
 
 
 class Tokenizer:
@@ -254,6 +262,22 @@ class Tokenizer:
                 self._truncating.pop(stale, None)
             self._truncating[limit] = engine
         return engine
+
+    def pieces(self, texts: Sequence[str] | Sequence[Sequence[str]], *, split_into_words: bool = False) -> list[Pieces]:
+        """Pieces of each text (or of each list of words), for callers that build their own windows.
+
+        Nothing is added or cut: fine-tuning featurizers place [CLS]/[SEP] themselves so that a long
+        text can be split into overlapping windows instead of being truncated.
+        """
+        inputs = [list(t) for t in texts] if split_into_words else list(texts)
+        for i, text in enumerate(inputs):
+            if split_into_words:
+                if not all(isinstance(w, str) for w in text):
+                    raise InputError(f"texts[{i}] must be a list of strings")
+            elif not isinstance(text, str):
+                raise InputError(f"texts[{i}] is {_type_name(text)}, expected a string")
+        encodings = self._engine.encode_batch(inputs, is_pretokenized=split_into_words, add_special_tokens=False)
+        return [Pieces(e.ids, e.offsets, [w if w is not None else -1 for w in e.word_ids]) for e in encodings]
 
     def tokenize(self, text: str) -> list[str]:
         """The WordPiece tokens of ``text``, without [CLS]/[SEP]."""

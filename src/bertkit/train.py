@@ -56,6 +56,8 @@ class TrainConfig:
     """Decay after warm-up: linear or cosine (to zero at the last step), or constant."""
     weight_decay: float = 0.01
     """AdamW weight decay, not applied to biases and LayerNorm weights."""
+    layer_lr_decay: float = 1.0
+    """Layer-wise learning-rate decay: layer k of L gets lr × decay^(L+1-k), the embeddings decay^(L+1)."""
     betas: tuple[float, float] = (0.9, 0.999)
     """AdamW betas."""
     eps: float = 1e-6
@@ -76,6 +78,10 @@ class TrainConfig:
     """Write a metrics row every N steps."""
     keep_checkpoints: int = 2
     """How many recent checkpoints to keep."""
+    best_metric: str | None = None
+    """Keep the model with the best value of this validation metric and save it as the final model."""
+    patience: int = 0
+    """Stop after this many evaluations without a better best_metric (0: never stop early)."""
     resume: bool = False
     """Continue from the latest checkpoint in `out` if there is one."""
     progress: bool = True
@@ -140,13 +146,40 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
     raise BertkitError(f"unknown schedule {schedule!r}; choose linear, cosine or constant")
 
 
-def param_groups(model: nn.Module, weight_decay: float) -> list[dict]:
-    """No weight decay on biases and LayerNorm weights (the 1-D parameters), as in BERT's optimiser."""
-    decay, no_decay = [], []
-    for p in model.parameters():
+def param_groups(model: nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
+    """No weight decay on biases and LayerNorm weights (the 1-D parameters), as in BERT's optimiser.
+
+    With layer_lr_decay < 1 each group also carries `lr_scale`: 1 for the heads and pooler, then a
+    factor of layer_lr_decay per layer further down, the embeddings lowest (ELECTRA, Clark et al. 2020).
+    """
+    depth_of = _layer_depth(model)
+    top = max(depth_of.values(), default=0)
+    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
+    for name, p in model.named_parameters():
         if p.requires_grad:
-            (decay if p.ndim >= 2 else no_decay).append(p)
-    return [{"params": decay, "weight_decay": weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+            depth = depth_of.get(name, top) if layer_lr_decay != 1.0 else top
+            groups.setdefault((depth, p.ndim >= 2), []).append(p)
+    return [
+        {"params": params, "weight_decay": weight_decay if decays else 0.0,
+         "lr_scale": layer_lr_decay ** (top - depth)}
+        for (depth, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
+    ]
+
+
+def _layer_depth(model: nn.Module) -> dict[str, int]:
+    """0 for embeddings, k for encoder layer k-1, L+1 for everything above the encoder."""
+    names = [n for n, _ in model.named_parameters()]
+    layers = {int(n.split(".layers.")[1].split(".")[0]) for n in names if ".layers." in n}
+    top = len(layers) + 1
+    depth = {}
+    for n in names:
+        if ".embeddings." in n or n.startswith("embeddings."):
+            depth[n] = 0
+        elif ".layers." in n or n.startswith("layers."):
+            depth[n] = int(n.split("layers.")[1].split(".")[0]) + 1
+        else:
+            depth[n] = top
+    return depth
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -378,9 +411,10 @@ def fit(
     world = world or World()
     device = next(objective.model.parameters()).device
     bf16 = use_bf16(config.precision, device)
-    optimizer = torch.optim.AdamW(
-        param_groups(objective.model, config.weight_decay), lr=config.lr, betas=config.betas, eps=config.eps
-    )
+    groups = param_groups(objective.model, config.weight_decay, config.layer_lr_decay)
+    for g in groups:
+        g["lr"] = config.lr * g["lr_scale"]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
     warmup = config.warmup_steps()
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda s: lr_factor(s, warmup=warmup, total=config.steps, schedule=config.schedule)
@@ -422,7 +456,7 @@ def fit(
                 window_steps += 1
                 if state.step % config.log_every == 0 or state.step == config.steps:
                     row = _log_row(objective, window, window_steps, world, state.step,
-                                   time.perf_counter() - window_start, scheduler.get_last_lr()[0])
+                                   time.perf_counter() - window_start, max(scheduler.get_last_lr()))
                     row["epoch"] = state.position.epoch
                     log.write(row)
                     state.history.append(row)
@@ -434,6 +468,9 @@ def fit(
                 if evaluate is not None and config.eval_every and state.step % config.eval_every == 0 \
                         and state.step < config.steps:
                     _evaluate(evaluate, objective, log, state, world)
+                    _keep_best(objective, state, config, world, tokenizer)
+                    if _should_stop(state, config, world):
+                        break
                 if config.save_every and state.step % config.save_every == 0 and state.step < config.steps:
                     save_checkpoint(objective, optimizer, scheduler, state, config, world, tokenizer=tokenizer)
     except (_Interrupted, KeyboardInterrupt):
@@ -446,15 +483,76 @@ def fit(
         raise KeyboardInterrupt from None
     if bar is not None:
         bar.close()
-    if evaluate is not None:
+    if evaluate is not None and _last_evaluated(state) != state.step:
         _evaluate(evaluate, objective, log, state, world)
+        _keep_best(objective, state, config, world, tokenizer)
     save_checkpoint(objective, optimizer, scheduler, state, config, world, tokenizer=tokenizer)
+    if config.best_metric and (config.out / BEST).is_dir():
+        from bertkit.checkpoint import load_state_into
+
+        load_state_into(objective.model, config.out / BEST)  # the final model is the best one
     if world.is_main:
         objective.model.save_pretrained(config.out, tokenizer=tokenizer)
         log.close()
         plot_metrics(log.path, config.out / "loss.png")
     distributed.barrier(world)
     return state
+
+
+# ---- best model and early stopping -------------------------------------------------------------------
+
+BEST = "best"
+
+
+def lower_is_better(metric: str) -> bool:
+    return "loss" in metric or metric == "perplexity"
+
+
+def best_evaluation(history: list[dict], metric: str) -> dict | None:
+    """The validation row with the best value of `metric` (the earliest among equals)."""
+    rows = [r for r in history if r.get("split") == "valid" and metric in r]
+    if not rows:
+        return None
+    sign = -1.0 if lower_is_better(metric) else 1.0
+    return max(rows, key=lambda r: (sign * r[metric], -r["step"]))
+
+
+def evaluations_since_best(history: list[dict], metric: str) -> int:
+    best = best_evaluation(history, metric)
+    if best is None:
+        return 0
+    return sum(1 for r in history if r.get("split") == "valid" and metric in r and r["step"] > best["step"])
+
+
+def _last_evaluated(state: TrainState) -> int | None:
+    return next((r["step"] for r in reversed(state.history) if r.get("split") == "valid"), None)
+
+
+def _keep_best(objective, state: TrainState, config: TrainConfig, world: World, tokenizer) -> None:
+    """Save the model to out/best when the latest evaluation is the best so far."""
+    metric = config.best_metric
+    if not metric:
+        return
+    latest = next(r for r in reversed(state.history) if r.get("split") == "valid")
+    if metric not in latest:
+        shown = ", ".join(k for k in latest if k not in ("step", "split"))
+        raise BertkitError(f"best metric {metric!r} is not among the validation metrics ({shown})")
+    if best_evaluation(state.history, metric) is latest and world.is_main:
+        objective.model.save_pretrained(config.out / BEST, tokenizer=tokenizer)
+        print(f"step {state.step}: new best {metric} {latest[metric]:.4g}, saved to {config.out / BEST}", flush=True)
+    distributed.barrier(world)
+
+
+def _should_stop(state: TrainState, config: TrainConfig, world: World) -> bool:
+    if not (config.best_metric and config.patience):
+        return False
+    if evaluations_since_best(state.history, config.best_metric) < config.patience:
+        return False
+    if world.is_main:
+        best = best_evaluation(state.history, config.best_metric)
+        print(f"early stop at step {state.step}: no better {config.best_metric} for {config.patience} "
+              f"evaluation(s); best {best[config.best_metric]:.4g} at step {best['step']}", flush=True)
+    return True
 
 
 def _train_step(module, objective, source, positions, config, world, device, autocast) -> dict[str, float]:

@@ -1,0 +1,366 @@
+"""What every fine-tuning task family shares: reading labelled files, bad-line handling, windows,
+batches of features for the training loop, and the `Task` interface a family implements.
+
+A task family is one small unit (classify.py, tag.py, qa.py, choice.py):
+  reader       file -> examples (each remembers its file:line)
+  featurizer   examples -> features: token ids ready for the model, one or more per example (windows)
+  objective    features -> loss sums for train.fit (the one training loop)
+  post-processing  model outputs per feature -> one prediction per example
+  metrics      predictions + gold examples -> numbers (scikit-learn, scipy, seqeval)
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import logging
+import math
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+from torch import Tensor, nn
+
+from bertkit.config import BertConfig
+from bertkit.errors import InputError
+from bertkit.heads import IGNORE
+
+log = logging.getLogger("bertkit")
+
+Feature = dict[str, Any]
+"""Model inputs of one sequence (input_ids, token_type_ids, labels, ...) as lists and numbers.
+Keys starting with "_" are bookkeeping for post-processing (_example, _word_ids, _offsets, ...)
+and never reach the model."""
+
+
+@dataclass
+class DataOptions:
+    """How to read labelled files and turn them into model inputs."""
+
+    text_column: str | None = None
+    """Column (CSV/TSV) or field (JSONL) with the text; default: text, sentence, sentence1, question..."""
+    text_pair_column: str | None = None
+    """Column with the second text of a pair; default: text_pair, sentence2, hypothesis... when present."""
+    label_column: str | None = None
+    """Column with the label; default: label."""
+    tag_column: int = -1
+    """CoNLL: which whitespace-separated column holds the tag (-1: the last)."""
+    label_separator: str | None = None
+    """Several labels per text (multi-label), separated by this string in the label column (e.g. '|')."""
+    regression: bool = False
+    """The label is a number to predict (e.g. a similarity score), not a class."""
+    max_length: int = 128
+    """Tokens per sequence, [CLS] and [SEP]s included."""
+    long_text: str = "truncate"
+    """Inputs longer than max_length: truncate, or window (overlapping windows, predictions combined)."""
+    stride: int = 32
+    """Tokens of overlap between consecutive windows (--long-text window, and QA contexts)."""
+    skip_bad_lines: bool = False
+    """Skip (and count) malformed lines instead of stopping at the first."""
+
+
+# ---- bad input ---------------------------------------------------------------------------------------
+
+
+class BadInput:
+    """Stops at the first malformed line, or with skip=True warns (20 at most) and counts."""
+
+    def __init__(self, skip: bool = False):
+        self.skip = skip
+        self.count = 0
+
+    def __call__(self, where: str, problem: str) -> None:
+        if not self.skip:
+            raise InputError(f"{where}: {problem} (use --skip-bad-lines to skip such lines)")
+        self.count += 1
+        if self.count <= 20:
+            log.warning("%s: %s; skipped", where, problem)
+
+    def summary(self) -> str | None:
+        return f"skipped {self.count} bad line(s)" if self.count else None
+
+
+# ---- reading files -----------------------------------------------------------------------------------
+
+
+def read_text_lines(path: Path, bad: BadInput) -> list[str]:
+    """The file's lines, decoded as UTF-8; an undecodable line is reported and becomes empty."""
+    if not path.is_file():
+        raise InputError(f"{path}: no such file")
+    lines = []
+    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
+        try:
+            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r"))
+        except UnicodeDecodeError as e:
+            bad(f"{path}:{number}", f"not valid UTF-8 (byte {e.start})")
+            lines.append("")
+    if lines and lines[-1] == "":
+        lines.pop()
+    return lines
+
+
+def table_format(path: Path) -> str:
+    """csv, tsv or jsonl from the file name (.csv .tsv .txt .jsonl .json)."""
+    suffix = path.suffix.lower()
+    if suffix in (".jsonl", ".json", ".ndjson"):
+        return "jsonl"
+    if suffix in (".tsv", ".txt"):
+        return "tsv"
+    if suffix == ".csv":
+        return "csv"
+    raise InputError(f"{path}: unknown format; use .csv, .tsv or .jsonl")
+
+
+def read_records(path: Path, bad: BadInput) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(file:line, record) for every row of a CSV/TSV file with a header, or a JSONL file."""
+    lines = read_text_lines(path, bad)
+    if table_format(path) == "jsonl":
+        yield from _jsonl_records(path, lines, bad)
+    else:
+        yield from _table_records(path, lines, bad, "\t" if table_format(path) == "tsv" else ",")
+
+
+def _jsonl_records(path: Path, lines: list[str], bad: BadInput) -> Iterator[tuple[str, dict[str, Any]]]:
+    for number, line in enumerate(lines, start=1):
+        if not line.strip():
+            continue
+        try:
+            record = json.loads(line)
+        except json.JSONDecodeError as e:
+            bad(f"{path}:{number}", f"not valid JSON ({e.msg})")
+            continue
+        if not isinstance(record, dict):
+            bad(f"{path}:{number}", "expected a JSON object")
+            continue
+        yield f"{path}:{number}", record
+
+
+def _table_records(path: Path, lines: list[str], bad: BadInput, delimiter: str):
+    # TSV as GLUE writes it: fields never quoted, so quotes inside a text are just characters.
+    quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
+    reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, quoting=quoting)
+    header = None
+    try:
+        for row in reader:
+            if not row or not any(f.strip() for f in row):
+                continue
+            if header is None:
+                header = [h.strip() for h in row]
+                continue
+            where = f"{path}:{reader.line_num}"
+            if len(row) != len(header):
+                bad(where, f"expected {len(header)} fields (as the header), found {len(row)}")
+                continue
+            yield where, dict(zip(header, row))
+    except csv.Error as e:
+        raise InputError(f"{path}:{reader.line_num}: {e}") from None
+    if header is None:
+        raise InputError(f"{path}: empty file (expected a header line)")
+
+
+def pick_field(record: dict[str, Any], given: str | None, usual: Sequence[str], what: str, where: str,
+               *, required: bool = True) -> str | None:
+    """The record's field for `what`: the one named by the user, or the first usual name present."""
+    if given is not None:
+        if given not in record:
+            raise InputError(f"{where}: no {given!r} field for the {what} (fields: {', '.join(record)})")
+        return given
+    found = next((name for name in usual if name in record), None)
+    if found is None and required:
+        raise InputError(
+            f"{where}: cannot tell which field holds the {what} (fields: {', '.join(record)}); "
+            f"name it with --{what.replace(' ', '-')}-column"
+        )
+    return found
+
+
+# ---- windows over long inputs ------------------------------------------------------------------------
+
+
+def windows(length: int, size: int, stride: int) -> list[tuple[int, int]]:
+    """[start, end) spans of at most `size` covering range(length), consecutive ones overlapping by
+    `stride` items; the last window ends at `length`."""
+    if size <= 0:
+        raise InputError("max_length leaves no room for text")
+    if length <= size:
+        return [(0, length)]
+    step = max(1, size - stride)
+    spans, start = [], 0
+    while True:
+        end = min(start + size, length)
+        spans.append((start, end))
+        if end == length:
+            return spans
+        start += step
+
+
+def max_context(spans: list[tuple[int, int]], position: int) -> int:
+    """Index of the span in which `position` has the most context on its shorter side
+    (BERT's rule for tokens seen by several overlapping windows)."""
+    best, best_score = 0, -1.0
+    for i, (start, end) in enumerate(spans):
+        if start <= position < end:
+            score = min(position - start, end - 1 - position) + 0.01 * (end - start)
+            if score > best_score:
+                best, best_score = i, score
+    return best
+
+
+# ---- batches ------------------------------------------------------------------------------------------
+
+
+def collate(features: Sequence[Feature], pad_id: int = 0) -> dict[str, Tensor]:
+    """Pad a list of features into tensors and add attention_mask. Token lists are padded on their
+    last dimension with pad_id (input_ids), IGNORE (token labels) or 0 (token types)."""
+    pads = {"input_ids": pad_id, "labels": IGNORE}
+    batch = {k: _stack([f[k] for f in features], pads.get(k, 0)) for k in features[0] if not k.startswith("_")}
+    batch["attention_mask"] = _stack([_ones_like(f["input_ids"]) for f in features], 0)
+    return batch
+
+
+def _ones_like(x: list) -> list:
+    return [_ones_like(v) for v in x] if x and isinstance(x[0], list) else [1] * len(x)
+
+
+def _stack(values: list, pad: int) -> Tensor:
+    first = values[0]
+    if not isinstance(first, list) or (first and isinstance(first[0], float)):
+        return torch.tensor(values)  # numbers, or fixed-size float vectors (multi-label targets)
+    if first and isinstance(first[0], list):  # (N, T) per feature: multiple choice
+        T = max(len(row) for v in values for row in v)
+        return torch.tensor([[row + [pad] * (T - len(row)) for row in v] for v in values])  # (B, N, T)
+    T = max(len(v) for v in values)
+    return torch.tensor([v + [pad] * (T - len(v)) for v in values])  # (B, T)
+
+
+class FeatureBatches:
+    """Random-access batches of features for train.fit: a fresh shuffle each epoch, seeded by
+    (seed, epoch), so any batch can be rebuilt on resume. A short last batch is filled up from the
+    start of the epoch's order, so every process always gets a full batch."""
+
+    def __init__(self, features: list[Feature], *, pad_id: int, seed: int = 0, shuffle: bool = True):
+        if not features:
+            raise InputError("no training examples")
+        self.features, self.pad_id, self.seed, self.shuffle = features, pad_id, seed, shuffle
+
+    def order(self, epoch: int) -> np.ndarray:
+        n = len(self.features)
+        if not self.shuffle:
+            return np.arange(n)
+        return np.random.default_rng([self.seed, epoch]).permutation(n)
+
+    def num_batches(self, epoch: int, batch_size: int, *, rank: int = 0, world_size: int = 1) -> int:
+        return math.ceil(len(self.features) / (batch_size * world_size))
+
+    def batch(self, epoch: int, index: int, batch_size: int, *, rank: int = 0, world_size: int = 1):
+        order = self.order(epoch)
+        size = batch_size * world_size
+        picked = [order[(index * size + i) % len(order)] for i in range(size)]
+        mine = picked[rank * batch_size:(rank + 1) * batch_size]
+        return collate([self.features[i] for i in mine], self.pad_id)
+
+
+def model_outputs(outputs: Callable[[dict[str, Tensor]], dict[str, Tensor]], model: nn.Module,
+                  features: list[Feature], *, pad_id: int, batch_size: int = 64,
+                  progress: bool = False) -> list[dict[str, np.ndarray]]:
+    """Run `outputs(batch)` (float tensors with a leading batch dimension) over all features in
+    batches of similar length; returns one dict of arrays per feature, in the features' order."""
+    device = next(model.parameters()).device
+    lengths = [_longest(f["input_ids"]) for f in features]
+    order = sorted(range(len(features)), key=lambda i: -lengths[i])
+    results: list[dict[str, np.ndarray]] = [{} for _ in features]
+    was_training = model.training
+    model.eval()
+    bar = None
+    if progress:
+        from tqdm import tqdm
+
+        bar = tqdm(total=len(features), desc="predict", unit="seq", dynamic_ncols=True, leave=False)
+    try:
+        with torch.no_grad():
+            for start in range(0, len(order), batch_size):
+                chosen = order[start:start + batch_size]
+                batch = {k: v.to(device) for k, v in collate([features[i] for i in chosen], pad_id).items()}
+                out = {k: v.float().cpu().numpy() for k, v in outputs(batch).items()}
+                for row, i in enumerate(chosen):
+                    results[i] = {k: v[row] for k, v in out.items()}
+                if bar is not None:
+                    bar.update(len(chosen))
+    finally:
+        model.train(was_training)
+        if bar is not None:
+            bar.close()
+    return results
+
+
+def _longest(ids: list) -> int:
+    return max(len(row) for row in ids) if ids and isinstance(ids[0], list) else len(ids)
+
+
+# ---- the interface of a task family ------------------------------------------------------------------
+
+
+@dataclass
+class Featurized:
+    features: list[Feature]
+    long: int = 0
+    """Examples longer than max_length (truncated, or split into windows)."""
+
+
+class Task:
+    """One task family. Subclasses fill in each step; finetune.py and pipeline.py drive them."""
+
+    name: ClassVar[str]
+    architecture: ClassVar[str]
+    """The head class (heads.HEADS) and transformers' AutoModelFor… equivalent."""
+    metric: ClassVar[str]
+    """The validation metric that picks the best checkpoint by default."""
+    file_suffixes: ClassVar[tuple[str, ...]] = ()
+    """Files `predict` reads with the task's reader (others are plain text, an input per line)."""
+
+    def __init__(self, options: DataOptions | None = None):
+        self.options = options or DataOptions()
+
+    # reader
+    def read(self, path: Path, bad: BadInput, *, labelled: bool = True) -> list:
+        """Examples of a file; labelled=False for prediction inputs, which may lack labels."""
+        raise NotImplementedError
+
+    def parse(self, inputs: list) -> list:
+        """Examples without gold labels from Python values (pipeline) — strings, pairs or dicts."""
+        raise NotImplementedError
+
+    def label_names(self, examples: list) -> list[str]:
+        """The label set, from the training examples (stored as id2label in the saved model)."""
+        raise NotImplementedError
+
+    def configure(self, config: BertConfig, labels: list[str]) -> dict[str, Any]:
+        """config.json changes for this task's head (id2label, problem_type)."""
+        return {"id2label": dict(enumerate(labels))}
+
+    # featurizer
+    def featurize(self, examples: list, tokenizer, config: BertConfig, bad: BadInput) -> Featurized:
+        raise NotImplementedError
+
+    # head / loss
+    def objective(self, model: nn.Module) -> nn.Module:
+        raise NotImplementedError
+
+    def outputs(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
+        raise NotImplementedError
+
+    # post-processing
+    def postprocess(self, examples: list, features: list[Feature], outputs: list[dict[str, np.ndarray]],
+                    config: BertConfig) -> list:
+        raise NotImplementedError
+
+    # metrics
+    def metrics(self, examples: list, predictions: list, config: BertConfig) -> dict[str, float]:
+        raise NotImplementedError
+
+    def to_json(self, example, prediction) -> dict[str, Any]:
+        raise NotImplementedError
