@@ -50,3 +50,16 @@ def random_batch(config: BertConfig, B: int = 3, T: int = 11, *, seed: int = 0, 
         token_type_ids.zero_()
     input_ids = input_ids * attention_mask
     return dict(input_ids=input_ids, token_type_ids=token_type_ids, attention_mask=attention_mask)
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory, minilm_dir) -> Path:
+    """A tiny random BERT (hidden 32, 2 layers) with MiniLM's real uncased vocabulary, saved in the
+    standard layout: the starting point of fast fine-tuning tests."""
+    from bertkit import BertModel, Tokenizer
+
+    torch.manual_seed(0)
+    directory = tmp_path_factory.mktemp("tiny-bert")
+    model = BertModel(tiny_config(vocab_size=30522, max_position_embeddings=128))
+    model.save_pretrained(directory, tokenizer=Tokenizer.from_pretrained(minilm_dir))
+    return directory

@@ -13,6 +13,7 @@ from bertkit.heads import (
     BertForTokenClassification,
 )
 from bertkit.model import BertModel
+from bertkit.pipeline import pipeline
 from bertkit.tokenizer import Tokenizer
 
 __version__ = "0.1.0"
@@ -22,6 +23,7 @@ __all__ = [
     "Embedder",
     "Tokenizer",
     "embed",
+    "pipeline",
     "BertModel",
     "BertForMaskedLM",
     "BertForMultipleChoice",

@@ -1,0 +1,52 @@
+"""`bertkit.pipeline(task, model=DIR)`: a callable that takes a string (or a pair, or a dict) or a
+list of them and returns predictions as plain dicts, the same as `bertkit predict` writes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from bertkit.errors import InputError
+
+KINDS = ("classify", "tag", "qa", "choice", "fill-mask", "embed")
+
+
+class Pipeline:
+    """Predictions of a fine-tuned model for inputs given as Python values."""
+
+    def __init__(self, task: str, model: str | Path, *, device: str | None = None, batch_size: int = 32,
+                 **options: Any):
+        from bertkit.finetune import load_finetuned
+
+        self.loaded = load_finetuned(model, options, device=device)
+        if self.loaded.task.name != task:
+            raise InputError(f"{model} is a {self.loaded.task.name} model, not {task}")
+        self.batch_size = batch_size
+
+    def __call__(self, inputs: Any) -> dict[str, Any] | list[dict[str, Any]]:
+        from bertkit.finetune import predict_examples
+
+        single = not isinstance(inputs, list)
+        examples = self.loaded.task.parse([inputs] if single else inputs)
+        predictions = predict_examples(self.loaded.task, self.loaded.model, self.loaded.tokenizer, examples,
+                                       batch_size=self.batch_size)
+        out = [self.loaded.task.to_json(e, p) for e, p in zip(examples, predictions)]
+        return out[0] if single else out
+
+
+def pipeline(task: str, model: str | Path | None = None, **kwargs: Any):
+    """A predictor for `task`: classify, tag, qa, choice (a model from `bertkit finetune`),
+    fill-mask (a model with an MLM head) or embed (any BERT; default all-MiniLM-L6-v2)."""
+    if task not in KINDS:
+        raise InputError(f"unknown pipeline {task!r}; choose one of {', '.join(KINDS)}")
+    if task == "embed":
+        from bertkit.embedding import Embedder
+
+        return Embedder.from_pretrained(model)
+    if model is None:
+        raise InputError(f"pipeline({task!r}) needs model=DIR")
+    if task == "fill-mask":
+        from bertkit.fill_mask import FillMask
+
+        return FillMask.from_pretrained(model)
+    return Pipeline(task, model, **kwargs)
