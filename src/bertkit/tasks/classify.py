@@ -22,7 +22,7 @@ from bertkit.heads import classification_loss
 from bertkit.tasks.base import BadInput, Featurized, Task, pick_field, read_records, windows
 from bertkit.train import StepSums
 
-TEXT_FIELDS = ("text", "sentence", "sentence1", "premise", "question1", "question", "review", "content")
+TEXT_FIELDS = ("text", "sentence1", "premise", "question1", "question", "sentence", "review", "content")
 PAIR_FIELDS = ("text_pair", "sentence2", "hypothesis", "question2")
 PAIR_AFTER_QUESTION = ("sentence", "passage", "context")  # QNLI-style: question + sentence
 LABEL_FIELDS = ("label", "labels", "gold_label", "score", "class", "sentiment")
