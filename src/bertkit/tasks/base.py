@@ -61,6 +61,9 @@ class DataOptions:
     """Tokens of overlap between consecutive windows (--long-text window, and QA contexts)."""
     skip_bad_lines: bool = False
     """Skip (and count) malformed lines instead of stopping at the first."""
+    no_answer_threshold: float | None = None
+    """QA: answer nothing when the [CLS] score beats the best span's by more than this (SQuAD 2.0);
+    default: 0.0 when the training data has unanswerable questions, else always answer (SQuAD 1.1)."""
 
 
 # ---- bad input ---------------------------------------------------------------------------------------
