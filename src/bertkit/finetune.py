@@ -43,6 +43,9 @@ class FinetuneArgs:
     """Passes over the training data."""
     eval_batch_size: int = 64
     """Sequences per batch when evaluating."""
+    random_init: bool = False
+    """Re-initialise every weight of --model, keeping only its architecture and vocabulary: the
+    from-scratch baseline that shows what pretraining is worth."""
 
 
 @dataclass
@@ -105,6 +108,8 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config) -> dict
             base.id2label == changes.get("id2label", base.id2label)
         torch.manual_seed(train_config.seed)  # the same new head on every process
         model = HEADS[task.architecture].from_pretrained(args.model, with_head=same_head, **changes)
+        if args.random_init:
+            model.init_weights()
         model.config = with_settings(model.config, task)
         model.to(device)
 
@@ -126,7 +131,8 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config) -> dict
         objective = task.objective(model)
         say(f"{config.steps} steps ({args.epochs:g} epochs of {per_epoch}) of "
             f"{config.batch_size * config.grad_accum * world.world_size} sequences, lr {config.lr:g}, "
-            f"{'new' if not same_head else 'loaded'} {task.architecture} head, {device.type}", flush=True)
+            f"{'new' if not same_head else 'loaded'} {task.architecture} head"
+            f"{', all weights re-initialised' if args.random_init else ''}, {device.type}", flush=True)
 
         def evaluate() -> dict[str, float]:
             return evaluate_examples(task, model, tokenizer, dev_examples, dev_features, args.eval_batch_size)
