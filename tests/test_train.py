@@ -166,3 +166,24 @@ def test_perplexity_is_exp_of_mlm_loss():
     out = objective.summarize({"n_mlm": 10, "loss_mlm": 20.0, "mlm_correct": 3, "n_nsp": 4, "loss_nsp": 2.0, "nsp_correct": 2})
     assert out["perplexity"] == pytest.approx(math.exp(2.0), rel=1e-6)
     assert out["mlm_accuracy"] == 0.3 and out["nsp_accuracy"] == 0.5 and out["loss"] == pytest.approx(2.5)
+
+
+def test_tensorboard_scalars_match_metrics_jsonl(tmp_path):
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    objective, config = _objective()
+    source = RandomSource(config)
+
+    def evaluate():
+        return {"loss": 1.5, "mlm_accuracy": 0.25}
+
+    fit(objective, source, _config(tmp_path, steps=4, eval_every=2), evaluate=evaluate)
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    events = EventAccumulator(str(tmp_path / "tensorboard"))
+    events.Reload()
+    for split, tag in (("train", "train/loss"), ("train", "train/lr"), ("valid", "valid/loss")):
+        logged = [(e.step, e.value) for e in events.Scalars(tag)]
+        expected = [(r["step"], pytest.approx(r[tag.split("/")[1]], rel=1e-6)) for r in rows if r["split"] == split]
+        assert logged == expected, tag
+    assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
+    assert "valid/mlm_accuracy" in events.Tags()["scalars"] and "train/step" not in events.Tags()["scalars"]
