@@ -187,3 +187,67 @@ def test_tensorboard_scalars_match_metrics_jsonl(tmp_path):
         assert logged == expected, tag
     assert [e.step for e in events.Scalars("train/loss")] == [1, 2, 3, 4]
     assert "valid/mlm_accuracy" in events.Tags()["scalars"] and "train/step" not in events.Tags()["scalars"]
+
+
+# ---- layer-wise learning-rate decay, best model, early stopping ------------------------------------
+
+
+def test_layer_wise_lr_decay_scales_by_depth(tmp_path):
+    objective, config = _objective()
+    groups = param_groups(objective.model, 0.01, layer_lr_decay=0.5)
+    scale_of = {id(p): g["lr_scale"] for g in groups for p in g["params"]}
+    named = dict(objective.model.named_parameters())
+    L = config.num_hidden_layers
+    assert scale_of[id(named["bert.embeddings.word.weight"])] == 0.5 ** (L + 1)
+    assert scale_of[id(named["bert.layers.0.ffn.up.weight"])] == 0.5 ** L
+    assert scale_of[id(named[f"bert.layers.{L - 1}.attention.qkv.bias"])] == 0.5
+    assert scale_of[id(named["nsp.weight"])] == scale_of[id(named["bert.pooler.dense.weight"])] == 1.0
+    assert all(g["weight_decay"] == (0.01 if g["params"][0].ndim >= 2 else 0.0) for g in groups)
+    assert sum(len(g["params"]) for g in groups) == len(named)
+    # in the loop: each optimiser group's peak lr is lr × its scale
+    fit(objective, RandomSource(config), _config(tmp_path, steps=1, lr=1e-3, layer_lr_decay=0.5))
+    saved = torch.load(latest_checkpoint(tmp_path) / "trainer.pt", weights_only=False)["optimizer"]["param_groups"]
+    assert sorted(g["initial_lr"] for g in saved) == pytest.approx(
+        sorted(1e-3 * g["lr_scale"] for g in groups))
+    assert {round(g["initial_lr"] / 1e-3, 6) for g in saved} == {0.5 ** k for k in range(L + 2)}
+
+
+def test_best_evaluation_and_patience_by_hand():
+    from bertkit.train import best_evaluation, evaluations_since_best
+
+    history = [{"split": "valid", "step": s, "f1": f, "loss": x}
+               for s, f, x in ((10, 0.5, 2.0), (20, 0.7, 1.5), (30, 0.7, 1.7), (40, 0.6, 1.4))]
+    history.insert(1, {"split": "train", "step": 15, "f1": 0.99})
+    assert best_evaluation(history, "f1")["step"] == 20  # the earliest of equals
+    assert evaluations_since_best(history, "f1") == 2
+    assert best_evaluation(history, "loss")["step"] == 40  # lower is better for losses
+    assert evaluations_since_best(history, "loss") == 0
+
+
+def test_fit_keeps_the_best_model_and_stops_early(tmp_path):
+    from bertkit.checkpoint import read_weights
+
+    objective, config = _objective()
+    scores = iter([0.3, 0.9, 0.4, 0.5, 0.8, 0.95])
+    snapshots = []
+
+    def evaluate():
+        snapshots.append(objective.model.bert.embeddings.word.weight.detach().clone())
+        return {"accuracy": next(scores)}
+
+    state = fit(objective, RandomSource(config), _config(tmp_path, steps=12, eval_every=2, best_metric="accuracy",
+                                                          patience=2), evaluate=evaluate)
+    valid = [r for r in state.history if r["split"] == "valid"]
+    assert [r["accuracy"] for r in valid] == [0.3, 0.9, 0.4, 0.5]  # stopped: two evaluations without a better one
+    assert state.step == 8
+    final = read_weights(tmp_path / "model.safetensors")["bert.embeddings.word_embeddings.weight"]
+    torch.testing.assert_close(final, snapshots[1])  # the final model is the best one (step 4), not the last
+
+
+def test_an_unknown_best_metric_is_a_clear_error(tmp_path):
+    from bertkit.errors import BertkitError
+
+    objective, config = _objective()
+    with pytest.raises(BertkitError, match=r"best metric 'f1' is not among the validation metrics \(accuracy\)"):
+        fit(objective, RandomSource(config), _config(tmp_path, steps=2, eval_every=1, best_metric="f1"),
+            evaluate=lambda: {"accuracy": 0.5})
