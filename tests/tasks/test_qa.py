@@ -154,18 +154,18 @@ def test_windows_cover_every_context_token_and_overlap_by_the_stride(windowed, t
         q = tok.pieces([e.question])[0].ids
         seen: list[tuple[int, int]] = []
         for k, f in enumerate(feats):
-            first = f["_first"]
+            first, offsets = f["_first"], [tuple(x) for x in f["_offsets"].tolist()]
             assert len(f["input_ids"]) <= 64 and first == len(q) + 2
             assert f["input_ids"][:first] == [tok.cls_token_id, *q, tok.sep_token_id]
             assert f["input_ids"][-1] == tok.sep_token_id
             assert f["token_type_ids"] == [0] * first + [1] * (len(f["input_ids"]) - first)
-            n = len(f["_offsets"])
+            n = len(offsets)
             assert f["input_ids"][first:first + n] == c.ids[len(seen) - (16 if k else 0):][:n]
             if k:
-                assert f["_offsets"][:16] == seen[-16:]  # consecutive windows share `stride` tokens
-                seen += f["_offsets"][16:]
+                assert offsets[:16] == seen[-16:]  # consecutive windows share `stride` tokens
+                seen += offsets[16:]
             else:
-                seen += f["_offsets"]
+                seen += offsets
         assert seen == list(c.offsets)  # every context token, in order, once
         # each context token may start an answer in exactly one window (its max-context one)
         assert sum(sum(f["_max_context"]) for f in feats) == len(c.ids)

@@ -46,6 +46,7 @@ from bertkit.train import StepSums
 MAX_QUESTION_TOKENS = 64  # max_query_length: longer questions are cut
 MAX_ANSWER_TOKENS = 30  # max_answer_length
 N_BEST = 20  # n_best_size: candidate starts and ends per window, and answers kept per question
+CHUNK = 2048  # questions tokenized at a time, so that a SQuAD-sized file never holds all its pieces at once
 
 
 @dataclass
@@ -159,25 +160,32 @@ class QuestionAnswering(Task):
     # ---- featurizer
 
     def featurize(self, examples: list[QAExample], tokenizer, config: BertConfig, bad: BadInput) -> Featurized:
-        o = self.options
-        questions = tokenizer.pieces([e.question for e in examples])
-        contexts = tokenizer.pieces([e.context for e in examples])
-        question_cap = min(MAX_QUESTION_TOKENS, o.max_length // 2)
         features, long = [], 0
-        for i, (e, q, c) in enumerate(zip(examples, questions, contexts)):
-            target = answer_tokens(e.answers[0], c.offsets) if e.answers else None
-            if e.answers and target is None:
-                bad(e.where, f"question {e.id!r}: the answer {e.answers[0].text!r} covers no token of the context")
-                continue
-            q_ids = q.ids[:question_cap]
-            spans = windows(len(c.ids), o.max_length - len(q_ids) - 3, o.stride)
-            long += len(spans) > 1
-            for w in range(len(spans)):
-                feature = window_feature(tokenizer, q_ids, c, spans, w, example=i)
-                if e.answers is not None:
-                    feature.update(window_labels(spans[w], feature["_first"], target))
-                features.append(feature)
+        for begin in range(0, len(examples), CHUNK):
+            chunk = examples[begin:begin + CHUNK]
+            questions = tokenizer.pieces([e.question for e in chunk])
+            contexts = distinct_pieces(tokenizer, [e.context for e in chunk])
+            for i, (e, q, c) in enumerate(zip(chunk, questions, contexts), start=begin):
+                windowed = self._windows(i, e, q.ids, c, tokenizer, bad)
+                long += len(windowed) > 1
+                features += windowed
         return Featurized(features, long)
+
+    def _windows(self, i: int, e: QAExample, q_ids: list[int], c, tokenizer, bad: BadInput) -> list[Feature]:
+        o = self.options
+        target = answer_tokens(e.answers[0], c.offsets) if e.answers else None
+        if e.answers and target is None:
+            bad(e.where, f"question {e.id!r}: the answer {e.answers[0].text!r} covers no token of the context")
+            return []
+        q_ids = q_ids[:min(MAX_QUESTION_TOKENS, o.max_length // 2)]
+        spans = windows(len(c.ids), o.max_length - len(q_ids) - 3, o.stride)
+        features = []
+        for w in range(len(spans)):
+            feature = window_feature(tokenizer, q_ids, c, spans, w, example=i)
+            if e.answers is not None:
+                feature.update(window_labels(spans[w], feature["_first"], target))
+            features.append(feature)
+        return features
 
     # ---- head and loss
 
@@ -301,6 +309,13 @@ def answer_tokens(answer: Answer, offsets: Sequence[tuple[int, int]]) -> tuple[i
     return (inside[0], inside[-1]) if inside else None
 
 
+def distinct_pieces(tokenizer, texts: list[str]) -> list:
+    """Pieces of each text, each distinct text tokenized once (SQuAD asks ~5 questions per context)."""
+    unique = list(dict.fromkeys(texts))
+    pieces = dict(zip(unique, tokenizer.pieces(unique)))
+    return [pieces[t] for t in texts]
+
+
 def window_feature(tokenizer, q_ids: list[int], c, spans: list[tuple[int, int]], w: int, *, example: int) -> Feature:
     """[CLS] question [SEP] context[s:t] [SEP], with what post-processing needs to map tokens back:
     where the context starts, the character offsets of its tokens, and which tokens have their
@@ -312,8 +327,9 @@ def window_feature(tokenizer, q_ids: list[int], c, spans: list[tuple[int, int]],
         "token_type_ids": [0] * first + [1] * (t - s + 1),
         "_example": example,
         "_first": first,
-        "_offsets": list(c.offsets[s:t]),
-        "_max_context": [max_context(spans, p) == w for p in range(s, t)],
+        # arrays, not lists of tuples: a SQuAD-sized training set keeps ~100k of these in memory
+        "_offsets": np.array(c.offsets[s:t], dtype=np.int32).reshape(-1, 2),  # (t - s, 2)
+        "_max_context": np.array([len(spans) == 1 or max_context(spans, p) == w for p in range(s, t)]),
     }
 
 
@@ -376,7 +392,8 @@ def best_spans(start: np.ndarray, end: np.ndarray, first: int, offsets: Sequence
     length = ends[None, :] - starts[:, None] + 1  # (S, E)
     scores = s_logits[starts][:, None] + e_logits[ends][None, :]  # (S, E)
     ok = (length >= 1) & (length <= max_tokens)
-    return [Span(float(scores[a, b]), (int(starts[a]), int(ends[b])), (offsets[starts[a]][0], offsets[ends[b]][1]))
+    return [Span(float(scores[a, b]), (int(starts[a]), int(ends[b])),
+                 (int(offsets[starts[a]][0]), int(offsets[ends[b]][1])))
             for a, b in zip(*np.nonzero(ok))]
 
 
