@@ -213,21 +213,23 @@ def logits(context: list[float]) -> np.ndarray:
 def test_best_spans_on_hand_made_logits():
     start = logits([1.0, 5.0, 0.0, 2.0, 0.0])
     end = logits([0.0, 0.0, 4.0, 0.0, 3.0])
-    spans = best_spans(start, end, 3, OFFSETS, [True] * 5, n_best=5)
-    best = max(spans, key=lambda s: s.score)
+    spans = best_spans(start, end, 3, OFFSETS, [True] * 5)
+    best = spans[0]
     assert best.tokens == (1, 2) and best.chars == (4, 12) and best.score == 9.0  # "quick ox": 5 + 4
     assert {s.tokens for s in spans} == {(a, b) for a in range(5) for b in range(a, 5)}  # end >= start only
+    assert [s.score for s in spans] == sorted((s.score for s in spans), reverse=True)
+    assert [s.tokens for s in best_spans(start, end, 3, OFFSETS, [True] * 5, n_best=2)] == [(1, 2), (1, 4)]
     # the best end before the best start is never paired with it
     late = best_spans(logits([0.0, 0.0, 0.0, 9.0, 0.0]), logits([0.0, 8.0, 0.0, 0.0, 1.0]), 3, OFFSETS, [True] * 5)
-    assert max(late, key=lambda s: s.score).tokens == (3, 4)  # 9 + 1, not (3, 1)
+    assert late[0].tokens == (3, 4)  # 9 + 1, not (3, 1)
     # too long an answer loses to a shorter one with a lower score
     far = best_spans(logits([9.0, 0.0, 0.0, 0.0, 1.0]), logits([0.0, 0.0, 0.0, 0.0, 9.0]), 3, OFFSETS, [True] * 5,
                      max_tokens=3)
     assert (0, 4) not in {s.tokens for s in far}
-    assert max(far, key=lambda s: s.score).tokens == (4, 4)  # 1 + 9 beats (0, 0)/(0, 1)/(0, 2): 9 + 0
+    assert far[0].tokens == (4, 4)  # 1 + 9 beats (0, 0)/(0, 1)/(0, 2): 9 + 0
     # a start whose max-context window is another one is not a start here
     other = best_spans(start, end, 3, OFFSETS, [True, False, True, True, True])
-    assert max(other, key=lambda s: s.score).tokens == (3, 4)  # 2 + 3
+    assert other[0].tokens == (3, 4)  # 2 + 3
     # only the n best starts and ends are paired
     assert {s.tokens for s in best_spans(start, end, 3, OFFSETS, [True] * 5, n_best=1)} == {(1, 2)}
 

@@ -381,8 +381,9 @@ class SpanObjective(nn.Module):
 def best_spans(start: np.ndarray, end: np.ndarray, first: int, offsets: Sequence[tuple[int, int]],
                max_context: Sequence[bool], *, n_best: int = N_BEST,
                max_tokens: int = MAX_ANSWER_TOKENS) -> list[Span]:
-    """Candidate answers of one window: pairs of the n best starts and n best ends among its context
-    tokens, with end >= start, at most max_tokens long, starting at a token whose most context is here."""
+    """The n best candidate answers of one window, best first: pairs of its n best starts and n best
+    ends among the context tokens, with end >= start, at most max_tokens long, starting at a token
+    whose most context is in this window."""
     n = len(offsets)
     s_logits = np.where(np.asarray(max_context, dtype=bool), start[first:first + n], -np.inf)  # (n,)
     e_logits = end[first:first + n]  # (n,)
@@ -391,10 +392,10 @@ def best_spans(start: np.ndarray, end: np.ndarray, first: int, offsets: Sequence
     ends = np.argsort(-e_logits, kind="stable")[:n_best]
     length = ends[None, :] - starts[:, None] + 1  # (S, E)
     scores = s_logits[starts][:, None] + e_logits[ends][None, :]  # (S, E)
-    ok = (length >= 1) & (length <= max_tokens)
-    return [Span(float(scores[a, b]), (int(starts[a]), int(ends[b])),
-                 (int(offsets[starts[a]][0]), int(offsets[ends[b]][1])))
-            for a, b in zip(*np.nonzero(ok))]
+    a, b = np.nonzero((length >= 1) & (length <= max_tokens))
+    best = np.argsort(-scores[a, b], kind="stable")[:n_best]  # no more than the question keeps in all
+    return [Span(float(scores[i, j]), (int(starts[i]), int(ends[j])), (int(offsets[starts[i]][0]), int(offsets[ends[j]][1])))
+            for i, j in zip(a[best], b[best])]
 
 
 def predict_answer(context: str, windows_out: list[tuple[Feature, dict[str, np.ndarray]]],
