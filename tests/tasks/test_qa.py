@@ -126,6 +126,17 @@ def test_other_bad_questions_and_files(tmp_path):
         make_task("qa").read(table, BadInput())
 
 
+def test_configure_allows_no_answer_only_for_squad2_data_and_keeps_a_two_output_head():
+    task = make_task("qa")
+    assert task.configure(BertConfig(), ["span"]) == {} and task.options.no_answer_threshold is None
+    assert task.configure(BertConfig(id2label={0: "LABEL_0", 1: "LABEL_1"}), ["span", "no answer"]) == {}
+    assert task.options.no_answer_threshold == 0.0  # unanswerable training questions: SQuAD 2.0
+    assert task.configure(BertConfig(id2label={0: "a", 1: "b", 2: "c"}), ["span"]) == {"id2label": {}}
+    chosen = make_task("qa", DataOptions(no_answer_threshold=-1.5))
+    chosen.configure(BertConfig(), ["span", "no answer"])
+    assert chosen.options.no_answer_threshold == -1.5
+
+
 def test_parse_dicts_and_pairs():
     task = make_task("qa")
     a, b = task.parse([{"id": "x", "question": "q?", "context": "c."}, ("q2?", "c2.")])

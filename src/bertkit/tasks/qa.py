@@ -155,7 +155,9 @@ class QuestionAnswering(Task):
         # Unanswerable training questions teach the [CLS] score, so the model may answer nothing.
         if "no answer" in labels and self.options.no_answer_threshold is None:
             self.options.no_answer_threshold = 0.0
-        return {"id2label": {}}  # the span head has two outputs, start and end, and no label names
+        # The span head has two outputs (start, end): two label names (transformers writes LABEL_0 and
+        # LABEL_1) may stay, any other number would make transformers build a head of the wrong size.
+        return {} if len(config.id2label) in (0, 2) else {"id2label": {}}
 
     # ---- featurizer
 
@@ -166,12 +168,12 @@ class QuestionAnswering(Task):
             questions = tokenizer.pieces([e.question for e in chunk])
             contexts = distinct_pieces(tokenizer, [e.context for e in chunk])
             for i, (e, q, c) in enumerate(zip(chunk, questions, contexts), start=begin):
-                windowed = self._windows(i, e, q.ids, c, tokenizer, bad)
+                windowed = self._example_features(i, e, q.ids, c, tokenizer, bad)
                 long += len(windowed) > 1
                 features += windowed
         return Featurized(features, long)
 
-    def _windows(self, i: int, e: QAExample, q_ids: list[int], c, tokenizer, bad: BadInput) -> list[Feature]:
+    def _example_features(self, i: int, e: QAExample, q_ids: list[int], c, tokenizer, bad: BadInput) -> list[Feature]:
         o = self.options
         target = answer_tokens(e.answers[0], c.offsets) if e.answers else None
         if e.answers and target is None:
