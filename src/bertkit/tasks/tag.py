@@ -9,8 +9,9 @@ and the others, like [CLS] and [SEP], take no part in the loss (BERT paper §5.3
 representation of the first sub-token as the input to the token-level classifier"). A word with no
 pieces at all (a control character, an empty token) is fed as one [UNK] piece, so that it is
 still predicted from its context. A sentence longer than max_length is truncated (the words cut
-off are predicted as "O") or, with --long-text window, cut into overlapping windows; each word is
-then predicted from the window in which it has the most context (windows() and max_context()).
+off are predicted as "O", or as the first tag of a tag set without "O") or, with --long-text window,
+cut into overlapping windows; each word is then predicted from the window in which it has the most
+context (windows() and max_context()).
 
 Metrics: with BIO tags, seqeval in its default mode (conlleval's rules: an I- tag after O or after
 another type starts an entity): entity precision, recall and F1 (micro), F1 per type, and word
