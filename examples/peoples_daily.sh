@@ -15,8 +15,8 @@ PYTHON=${PYTHON:-python}
 BERTKIT=${BERTKIT:-bertkit}
 DATA=${DATA:-runs/pd-data}
 OUT=${OUT:-runs/pd-mini}
-STEPS=${STEPS:-800}
-LR=${LR:-1e-3}
+STEPS=${STEPS:-2000}
+LR=${LR:-5e-4}
 HERE=$(dirname "$0")
 step() { echo "== $(date +%T) $*"; }
 
@@ -25,9 +25,9 @@ step "1. plain text"
 "$PYTHON" "$HERE/peoples_daily.py" text "$DATA/pd199801.txt"
 
 # 2. a WordPiece vocabulary: every CJK character is its own token, so the ~4,700 distinct characters
-#    fill most of it (vocabulary 5,837, below the 8,000 allowed: few merges are possible). Not
-#    `bertkit tokenizer train DATA --vocab-size 8000`, which keeps only 1,000 distinct characters
-#    (8% [UNK]); the helper also adds ASCII, which People's Daily writes full-width but reviews do not
+#    fill most of it (vocabulary 5,838, below the 8,000 allowed: few merges are possible). This is
+#    `bertkit tokenizer train DATA --vocab-size 8000` (5,735 tokens, 0 [UNK] on the corpus) plus
+#    printable ASCII, which People's Daily writes full-width but the reviews do not
 step "2. vocabulary"
 "$PYTHON" "$HERE/peoples_daily.py" vocab "$DATA/pd199801.txt" "$DATA/tokenizer" --vocab-size 8000
 

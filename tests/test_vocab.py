@@ -1,3 +1,5 @@
+import re
+
 import pytest
 
 from bertkit import Tokenizer
@@ -28,3 +30,26 @@ def test_measure_by_hand(minilm_dir):
 def test_missing_file_is_one_line(capsys, tmp_path):
     assert main(["tokenizer", "train", str(tmp_path / "nope.txt"), "--out", str(tmp_path / "t")]) == 2
     assert "nope.txt: no such file" in capsys.readouterr().err
+
+
+def test_measure_counts_a_chinese_character_as_a_word(minilm_dir):
+    tok = Tokenizer.from_pretrained(minilm_dir)
+    summary = measure(tok, ["我爱北京"], sentences=1)
+    assert summary.sample_words == 4 and summary.pieces_per_word == 1.0
+    assert summary.alphabet == 4 and summary.alphabet_missing == sum(c not in tok.vocab for c in "我爱北京")
+
+
+def test_chinese_vocabulary_keeps_every_character(tmp_path, capsys):
+    # 1,500 distinct characters: more than the WordPiece trainer's own default alphabet of 1,000
+    chars = [chr(0x4E00 + i) for i in range(1500)]
+    corpus = tmp_path / "zh.txt"
+    corpus.write_text("\n".join("".join(chars[(i * 7 + j) % 1500] for j in range(30)) for i in range(400)) + "\n",
+                      encoding="utf-8")
+    assert main(["tokenizer", "train", str(corpus), "--vocab-size", "3000", "--out", str(tmp_path / "tok")]) == 0
+    out = capsys.readouterr().out
+    tok = Tokenizer.from_pretrained(tmp_path / "tok")
+    assert all(c in tok.vocab for c in chars)
+    assert "0.000% [UNK] tokens" in out and re.search(r"(\d+) of the sample's \1 distinct characters", out)
+    assert main(["tokenizer", "train", str(corpus), "--vocab-size", "3000", "--limit-alphabet", "1000",
+                 "--out", str(tmp_path / "small")]) == 0
+    assert sum(c in Tokenizer.from_pretrained(tmp_path / "small").vocab for c in chars) == 1000

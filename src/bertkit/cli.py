@@ -202,7 +202,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     prepare(
         args.files, Tokenizer.from_pretrained(args.tokenizer), args.out, valid_fraction=args.valid_fraction,
         shard_tokens=args.shard_tokens, seed=args.seed, segmenter=args.segmenter, text_field=args.text_field,
-        document_sentences=args.document_sentences, progress=True,
+        document_sentences=args.document_sentences, progress=args.progress,
     )
     print(f"prepared corpus written to {args.out}", file=sys.stderr)
     return 0
@@ -290,6 +290,7 @@ def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     train_vocabulary(
         args.files, out=args.out, vocab_size=args.vocab_size, lowercase=not args.cased,
         chinese_chars=not args.no_chinese_chars, min_frequency=args.min_frequency,
+        limit_alphabet=args.limit_alphabet,
     )
     return 0
 
@@ -362,6 +363,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--text-field", default="text", help="field holding the text in .jsonl files (default: text)")
     p.add_argument("--document-sentences", type=int, default=None, metavar="N",
                    help="cut documents into parts of N sentences (for text without blank lines between documents)")
+    p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
+                   help="show a progress bar (default: on)")
 
     from bertkit.pretrain import PretrainArgs
     from bertkit.train import TrainConfig
@@ -418,6 +421,9 @@ def build_parser() -> argparse.ArgumentParser:
     t.add_argument("--cased", action="store_true", help="keep case and accents (default: lower-case, strip accents)")
     t.add_argument("--no-chinese-chars", action="store_true", help="do not split every CJK character into its own token")
     t.add_argument("--min-frequency", type=int, default=2, help="ignore pieces seen fewer times (default: 2)")
+    t.add_argument("--limit-alphabet", type=int, metavar="N",
+                   help="keep at most N distinct characters, the most frequent (default: as many as the "
+                        "vocabulary holds, which Chinese needs)")
 
     p = command("info", cmd_info, "Describe a checkpoint: architecture, sizes, parameters, labels.")
     _add_model(p)

@@ -169,12 +169,16 @@ class Tokenizer:
         strip_accents: bool | None = None,
         chinese_chars: bool = True,
         min_frequency: int = 2,
-        limit_alphabet: int = 1000,
+        limit_alphabet: int | None = None,
         show_progress: bool = True,
         model_max_length: int = 512,
     ) -> Tokenizer:
         """Train a WordPiece vocabulary (at most ``vocab_size`` tokens, [PAD] [UNK] [CLS] [SEP]
-        [MASK] at ids 0-4) on UTF-8 text files."""
+        [MASK] at ids 0-4) on UTF-8 text files.
+
+        ``limit_alphabet`` caps the distinct characters kept (the most frequent ones); by default
+        the whole vocabulary may be characters, which Chinese text, where every character is a
+        token of its own, needs."""
         paths = _corpus_files(files)
         engine = _untrained_engine(lowercase, strip_accents, chinese_chars)
         trainer = _trainer(vocab_size, min_frequency, limit_alphabet, show_progress)
@@ -196,7 +200,7 @@ class Tokenizer:
         strip_accents: bool | None = None,
         chinese_chars: bool = True,
         min_frequency: int = 2,
-        limit_alphabet: int = 1000,
+        limit_alphabet: int | None = None,
         show_progress: bool = True,
         model_max_length: int = 512,
         length: int | None = None,
@@ -278,6 +282,12 @@ class Tokenizer:
                 raise InputError(f"texts[{i}] is {_type_name(text)}, expected a string")
         encodings = self._engine.encode_batch(inputs, is_pretokenized=split_into_words, add_special_tokens=False)
         return [Pieces(e.ids, e.offsets, [w if w is not None else -1 for w in e.word_ids]) for e in encodings]
+
+    def normalize(self, text: str) -> str:
+        """``text`` as the vocabulary sees it: cleaned, lower-cased and accent-stripped as configured."""
+        if not isinstance(text, str):
+            raise InputError(f"text is {_type_name(text)}, expected a string")
+        return self._engine.normalizer.normalize_str(text)
 
     def tokenize(self, text: str) -> list[str]:
         """The WordPiece tokens of ``text``, without [CLS]/[SEP]."""
@@ -399,10 +409,12 @@ def _untrained_engine(lowercase: bool, strip_accents: bool | None, chinese_chars
     return engine
 
 
-def _trainer(vocab_size: int, min_frequency: int, limit_alphabet: int,
+def _trainer(vocab_size: int, min_frequency: int, limit_alphabet: int | None,
              show_progress: bool) -> trainers.WordPieceTrainer:
     if not _is_int(vocab_size) or vocab_size <= len(SPECIAL_TOKENS):
         raise InputError(f"vocab_size must be an int above {len(SPECIAL_TOKENS)}, got {vocab_size!r}")
+    if limit_alphabet is None:
+        limit_alphabet = vocab_size - len(SPECIAL_TOKENS)
     for name, value in (("min_frequency", min_frequency), ("limit_alphabet", limit_alphabet)):
         if not _is_int(value) or value < 0:
             raise InputError(f"{name} must be a non-negative int, got {value!r}")

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import os
 import sys
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -18,16 +18,20 @@ SAMPLE_EVERY = 20  # every 20th sentence is kept to measure the trained vocabula
 class VocabSummary:
     vocab_size: int
     sentences: int
-    sample_words: int
+    sample_words: int  # words as the tokenizer splits them: a Chinese character is a word of its own
     unknown_rate: float  # share of sample tokens that are [UNK]
     whole_word_rate: float  # share of sample words that are a single vocabulary entry
     pieces_per_word: float
+    alphabet: int = 0  # distinct characters of the sample
+    alphabet_missing: int = 0  # ... of which the vocabulary has no entry (they become [UNK])
 
     def lines(self) -> list[str]:
         return [
             f"vocabulary: {self.vocab_size} tokens, trained on {self.sentences} sentences",
             f"on a sample of {self.sample_words} words: {self.unknown_rate:.3%} [UNK] tokens, "
             f"{self.whole_word_rate:.1%} of words kept whole, {self.pieces_per_word:.2f} pieces per word",
+            f"characters: {self.alphabet - self.alphabet_missing} of the sample's {self.alphabet} distinct "
+            f"characters are in the vocabulary",
         ]
 
 
@@ -41,19 +45,26 @@ def _sentences(paths: Sequence[str | os.PathLike], stats: CorpusStats, sample: l
             yield sentence
 
 
-def measure(tok: Tokenizer, sample: Iterable[str], sentences: int) -> VocabSummary:
+def measure(tok: Tokenizer, sample: Sequence[str], sentences: int) -> VocabSummary:
     words = tokens = unknown = whole = 0
-    for text in sample:
-        for word in text.split():
-            pieces = tok.tokenize(word)
-            words += len(pieces) > 0
-            tokens += len(pieces)
-            unknown += sum(p == "[UNK]" for p in pieces)
-            whole += len(pieces) == 1 and pieces[0] != "[UNK]"
+    vocab = tok.vocab
+    unk = vocab["[UNK]"]
+    for pieces in tok.pieces(list(sample)) if sample else []:
+        sizes: dict[int, int] = {}
+        word_unknown: dict[int, bool] = {}
+        for piece, word in zip(pieces.ids, pieces.word_ids):
+            sizes[word] = sizes.get(word, 0) + 1
+            word_unknown[word] = word_unknown.get(word, False) or piece == unk
+        words += len(sizes)
+        tokens += len(pieces.ids)
+        unknown += sum(piece == unk for piece in pieces.ids)
+        whole += sum(n == 1 and not word_unknown[w] for w, n in sizes.items())
+    chars = {c for text in sample for c in tok.normalize(text) if not c.isspace()}
+    missing = sum(c not in vocab and "##" + c not in vocab for c in chars)
     return VocabSummary(
         vocab_size=len(tok), sentences=sentences, sample_words=words,
         unknown_rate=unknown / max(tokens, 1), whole_word_rate=whole / max(words, 1),
-        pieces_per_word=tokens / max(words, 1),
+        pieces_per_word=tokens / max(words, 1), alphabet=len(chars), alphabet_missing=missing,
     )
 
 
@@ -65,6 +76,7 @@ def train_vocabulary(
     lowercase: bool = True,
     chinese_chars: bool = True,
     min_frequency: int = 2,
+    limit_alphabet: int | None = None,
     progress: bool | None = None,
 ) -> tuple[Tokenizer, VocabSummary]:
     """Train on every sentence of `paths`, save to `out`, print and return a summary."""
@@ -72,7 +84,8 @@ def train_vocabulary(
     show = sys.stderr.isatty() if progress is None else progress
     tok = Tokenizer.train_from_iterator(
         _sentences(paths, stats, sample), vocab_size=vocab_size, lowercase=lowercase,
-        chinese_chars=chinese_chars, min_frequency=min_frequency, show_progress=show,
+        chinese_chars=chinese_chars, min_frequency=min_frequency, limit_alphabet=limit_alphabet,
+        show_progress=show,
     )
     tok.save_pretrained(Path(out))
     summary = measure(tok, sample, stats.sentences)
