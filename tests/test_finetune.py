@@ -4,6 +4,9 @@ from __future__ import annotations
 
 import io
 import json
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -67,3 +70,42 @@ def test_evaluate_needs_a_finetuned_model(tmp_path, tiny_model_dir, capsys):
     data.write_text("text,label\nx,a\n")
     assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data)]) == 2
     assert "has no fine-tuning task head" in capsys.readouterr().err
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo on Linux")
+def test_two_processes_match_one_process_with_double_batch(tmp_path, minilm_dir):
+    from bertkit import Tokenizer
+
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    start = tmp_path / "start"  # no dropout, so the two runs see the same computation
+    BertModel(tiny_config(vocab_size=30522, max_position_embeddings=128, hidden_dropout_prob=0.0,
+                          attention_probs_dropout_prob=0.0)).save_pretrained(
+        start, tokenizer=Tokenizer.from_pretrained(minilm_dir))
+    data = tmp_path / "train.csv"
+    words = ["good", "bad", "fine", "awful", "great", "poor"]
+    data.write_text("text,label\n" + "".join(f"{words[i % 6]} item {i} {'very ' * (i % 5)},{'pn'[i % 2]}\n"
+                                             for i in range(24)))
+
+    def args(out, batch):
+        return ["finetune", "--task", "classify", "--model", str(start), "--train", str(data), "--dev", str(data),
+                "--out", str(out), "--epochs", "2", "--batch-size", str(batch), "--lr", "1e-3", "--log-every", "1",
+                "--precision", "fp32", "--no-progress"]
+
+    assert main(args(tmp_path / "one", 8)) == 0
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
+           "-m", "bertkit", *args(tmp_path / "two", 4)]
+    result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+
+    def rows(out, split):
+        return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()
+                if json.loads(line)["split"] == split]
+
+    a, b = rows(tmp_path / "one", "train"), rows(tmp_path / "two", "train")
+    assert [r["step"] for r in a] == [r["step"] for r in b] and len(a) == 6
+    for x, y in zip(a, b):
+        assert x["loss"] == pytest.approx(y["loss"], abs=1e-4)
+    assert rows(tmp_path / "one", "valid")[-1]["accuracy"] == rows(tmp_path / "two", "valid")[-1]["accuracy"]

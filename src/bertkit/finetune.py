@@ -158,14 +158,18 @@ def _check_length(max_length: int, config: BertConfig) -> None:
                          f"{config.max_position_embeddings}")
 
 
+def long_inputs(task: Task, featurized: Featurized) -> str:
+    """How many inputs did not fit: '3 longer than 128 tokens, truncated'."""
+    what = "split into windows" if task.options.long_text == "window" or task.name == "qa" else "truncated"
+    return f"{featurized.long:,} longer than {task.options.max_length} tokens, {what}"
+
+
 def _data_summary(task, args, train_examples, train_features: Featurized, dev_examples, dev_features,
                   labels, bad: BadInput) -> str:
-    o = task.options
-    what = "split into windows" if o.long_text == "window" else "truncated"
     parts = [f"train: {len(train_examples):,} examples -> {len(train_features.features):,} sequences "
-             f"({train_features.long:,} longer than {o.max_length} tokens, {what})"]
+             f"({long_inputs(task, train_features)})"]
     if dev_features is not None:
-        parts.append(f"dev: {len(dev_examples):,} examples ({dev_features.long:,} {what})")
+        parts.append(f"dev: {len(dev_examples):,} examples ({long_inputs(task, dev_features)})")
     shown = ", ".join(labels[:12]) + (f", ... ({len(labels)} in all)" if len(labels) > 12 else "")
     parts.append(f"labels: {shown}")
     if bad.summary():
@@ -219,16 +223,19 @@ def run_evaluate(model_dir: str, data: Path, overrides: dict[str, Any], *, batch
     featurized = loaded.task.featurize(examples, loaded.tokenizer, loaded.config, bad)
     metrics = evaluate_examples(loaded.task, loaded.model, loaded.tokenizer, examples, featurized, batch_size,
                                 progress=not as_json)
+    _report(data, examples, loaded.task, featurized, bad)
     if as_json:
         print(json.dumps(metrics))
     else:
-        what = "split into windows" if loaded.task.options.long_text == "window" else "truncated"
-        print(f"{data}: {len(examples):,} examples ({featurized.long:,} longer than "
-              f"{loaded.task.options.max_length} tokens, {what})" + (f"; {bad.summary()}" if bad.summary() else ""),
-              file=sys.stderr)
         for k, v in metrics.items():
             print(f"{k:<16} {v:.4f}")
     return metrics
+
+
+def _report(source, examples: list, task: Task, featurized: Featurized, bad: BadInput) -> None:
+    """One line on stderr (stdout holds the results): inputs read, how many did not fit, lines skipped."""
+    print(f"{source}: {len(examples):,} examples ({long_inputs(task, featurized)})"
+          + (f"; {bad.summary()}" if bad.summary() else ""), file=sys.stderr)
 
 
 def run_predict(model_dir: str, source: str, output: str, overrides: dict[str, Any], *,
@@ -237,7 +244,9 @@ def run_predict(model_dir: str, source: str, output: str, overrides: dict[str, A
     loaded = load_finetuned(model_dir, overrides)
     bad = BadInput(loaded.task.options.skip_bad_lines)
     examples = read_inputs(loaded.task, source, bad)
-    predictions = predict_examples(loaded.task, loaded.model, loaded.tokenizer, examples,
+    featurized = loaded.task.featurize(examples, loaded.tokenizer, loaded.config, bad)
+    _report("<stdin>" if source == "-" else source, examples, loaded.task, featurized, bad)
+    predictions = predict_examples(loaded.task, loaded.model, loaded.tokenizer, examples, featurized,
                                    batch_size=batch_size, progress=output != "-")
     lines = [json.dumps(loaded.task.to_json(e, p), ensure_ascii=False) for e, p in zip(examples, predictions)]
     text = "".join(line + "\n" for line in lines)

