@@ -170,13 +170,15 @@ def split_documents(documents: Iterable[Document], size: int) -> Iterator[Docume
 def _write_splits(documents: Iterator[Document], encoder: _Encoder, router: _Router, stats: PrepareStats,
                   progress: bool) -> None:
     """Tokenize batch by batch and route every document to its split's shard writer."""
+    written = 0  # documents as written, after --document-sentences splits them
     with _progress_bar(stats.corpus.bytes_total, progress) as bar:
         for batch in _batches(documents, BATCH_SENTENCES):
             for doc in encoder(batch):
                 router.add(doc)
+                written += 1
             router.end_batch()
             bar.update(stats.corpus.bytes_read - bar.n)
-            bar.set_postfix(documents=f"{stats.corpus.documents:,}", refresh=False)
+            bar.set_postfix(documents=f"{written:,}", refresh=False)
         bar.update(stats.corpus.bytes_read - bar.n)
     router.finish()
 
