@@ -82,8 +82,8 @@ def wnut(out: Path, *, dev_fraction: float = 0.2, seed: int = 0) -> tuple[Path, 
 
 def pd_ner(out: Path, *, train: int = 0, dev: int = 2000) -> tuple[Path, Path]:
     """People's Daily entities: the first `train` (0: all) and `dev` sentences of the standard split."""
-    from bertkit.tasks.peoples_daily import convert, default_source, to_conll
     from bertkit.tasks.base import BadInput, read_text_lines
+    from bertkit.tasks.peoples_daily import convert, default_source, to_conll
 
     source = default_source()
     splits = convert(read_text_lines(source, BadInput()), "ner", source=str(source))

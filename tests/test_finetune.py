@@ -75,7 +75,6 @@ def test_evaluate_needs_a_finetuned_model(tmp_path, tiny_model_dir, capsys):
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on Linux")
 def test_two_processes_match_one_process_with_double_batch(tmp_path, minilm_dir):
     from bertkit import Tokenizer
-
     from tests.conftest import tiny_config
 
     torch.manual_seed(0)
