@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# Every fine-tuning comparison of the README, one after the other (about an hour on 2 CPU cores):
+# Every fine-tuning comparison of the README, one after the other (about 80 minutes on 2 CPU cores):
 # bertkit vs transformers with the same model, data and hyper-parameters, and a bertkit-pretrained
 # Chinese BERT vs the same architecture from random initialisation.
 #
@@ -17,6 +17,8 @@ mkdir -p "$OUT"
 "$PYTHON" "$HERE/datasets.py" sentiment "$OUT/data/senti" --train 4000 --dev 1000
 "$PYTHON" "$HERE/datasets.py" pd-ner "$OUT/data/pdner" --train 3000 --dev 1000
 "$PYTHON" "$HERE/datasets.py" wnut "$OUT/data/wnut"
+"$PYTHON" "$HERE/datasets.py" sentiment "$OUT/data/senti1k" --train 1000 --dev 1000
+"$PYTHON" "$HERE/datasets.py" pd-ner "$OUT/data/pdner1k" --train 1000 --dev 1000
 
 run() {
     local name=$1; shift
@@ -31,3 +33,8 @@ run wnut-minilm-vs-hf --task tag --model "$MINILM" --train "$OUT/data/wnut/train
     --epochs 3 --lr 5e-4 --max-length 64
 run pdner-pd-vs-hf --model "$PD" "${pdner[@]}"
 run pdner-pd-vs-random --model "$PD" "${pdner[@]}" --against random
+# with less labelled data
+run pdner1k-pd-vs-random --model "$PD" --task tag --train "$OUT/data/pdner1k/train.conll" \
+    --dev "$OUT/data/pdner1k/dev.conll" --epochs 5 --lr 5e-4 --max-length 128 --against random
+run senti1k-pd-vs-random --model "$PD" --task classify --train "$OUT/data/senti1k/train.csv" \
+    --dev "$OUT/data/senti1k/dev.csv" --epochs 5 --lr 5e-4 --max-length 128 --against random
