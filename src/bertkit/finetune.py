@@ -160,7 +160,7 @@ def _check_length(max_length: int, config: BertConfig) -> None:
 
 def long_inputs(task: Task, featurized: Featurized) -> str:
     """How many inputs did not fit: '3 longer than 128 tokens, truncated'."""
-    what = "split into windows" if task.options.long_text == "window" or task.name == "qa" else "truncated"
+    what = "split into windows" if task.options.long_text == "window" else "truncated"
     return f"{featurized.long:,} longer than {task.options.max_length} tokens, {what}"
 
 

@@ -32,7 +32,7 @@ class Pipeline:
         task, tokenizer = self.loaded.task, self.loaded.tokenizer
         examples = task.parse([inputs] if single else inputs)
         featurized = task.featurize(examples, tokenizer, self.loaded.config, BadInput())
-        if featurized.long and task.options.long_text == "truncate" and task.name != "qa":
+        if featurized.long and task.options.long_text == "truncate":  # qa always windows
             warnings.warn(f"{len(examples)} inputs: {long_inputs(task, featurized)} "
                           "(long_text='window' predicts on all of them)", stacklevel=2)
         predictions = predict_examples(task, self.loaded.model, tokenizer, examples, featurized,

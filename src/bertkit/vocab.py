@@ -6,6 +6,7 @@ import os
 import sys
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
+from itertools import groupby
 from pathlib import Path
 
 from bertkit.data.corpus import CorpusStats, iter_documents
@@ -50,15 +51,12 @@ def measure(tok: Tokenizer, sample: Sequence[str], sentences: int) -> VocabSumma
     vocab = tok.vocab
     unk = vocab["[UNK]"]
     for pieces in tok.pieces(list(sample)) if sample else []:
-        sizes: dict[int, int] = {}
-        word_unknown: dict[int, bool] = {}
-        for piece, word in zip(pieces.ids, pieces.word_ids):
-            sizes[word] = sizes.get(word, 0) + 1
-            word_unknown[word] = word_unknown.get(word, False) or piece == unk
-        words += len(sizes)
         tokens += len(pieces.ids)
-        unknown += sum(piece == unk for piece in pieces.ids)
-        whole += sum(n == 1 and not word_unknown[w] for w, n in sizes.items())
+        unknown += pieces.ids.count(unk)
+        for _, group in groupby(zip(pieces.word_ids, pieces.ids), key=lambda pair: pair[0]):  # a word's pieces
+            ids = [i for _, i in group]
+            words += 1
+            whole += ids != [unk] and len(ids) == 1
     chars = {c for text in sample for c in tok.normalize(text) if not c.isspace()}
     missing = sum(c not in vocab and "##" + c not in vocab for c in chars)
     return VocabSummary(

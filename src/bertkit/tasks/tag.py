@@ -289,7 +289,8 @@ class Tag(Task):
             for k, span in enumerate(spans):
                 features.append(_window_feature(i, ids, firsts, spans, k, span, labels, tokenizer))
         if cut_words and o.long_text != "window":
-            log.warning("%d words beyond max_length %d are predicted as %s (--long-text window tags them all)", cut_words, o.max_length, OUTSIDE)
+            log.warning("%d words beyond max_length %d are predicted as %s (--long-text window tags them all)",
+                        cut_words, o.max_length, OUTSIDE)
         return Featurized(features, long)
 
     # ---- head and loss
