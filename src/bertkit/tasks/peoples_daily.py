@@ -136,6 +136,11 @@ def _entity_units(chunks: list[Chunk]) -> list[tuple[str, str | None]]:
     return units
 
 
+def split_of(paragraph: int) -> str:
+    """The split of the paragraph-th non-blank source line (0-based): 80/10/10 by index mod 10."""
+    return "dev" if paragraph % 10 == 8 else "test" if paragraph % 10 == 9 else "train"
+
+
 def convert(lines: Iterable[str], kind: str, *, source: str = "source") -> dict[str, list[list[tuple[str, str]]]]:
     """Sentences of rows for each split, from the source's lines; kind is 'ner' or 'pos'."""
     if kind not in ("ner", "pos"):
@@ -147,8 +152,7 @@ def convert(lines: Iterable[str], kind: str, *, source: str = "source") -> dict[
         chunks = parse_paragraph(line, f"{source}:{number}")
         if not chunks:
             continue
-        split = "dev" if paragraph % 10 == 8 else "test" if paragraph % 10 == 9 else "train"
-        out[split].extend(rows_of(s) for s in sentences(chunks))
+        out[split_of(paragraph)].extend(rows_of(s) for s in sentences(chunks))
         paragraph += 1
     return out
 
