@@ -37,6 +37,8 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--lr", type=float, default=5e-5)
     p.add_argument("--warmup", type=float, default=0.1)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--long-text", choices=["truncate", "window"], default="truncate",
+                   help="inputs longer than --max-length: cut, or split into overlapping windows")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
@@ -71,7 +73,7 @@ def run_bertkit(args, init: Path, work: Path, *, random_init: bool = False) -> d
     start = time.perf_counter()
     run_finetune(FinetuneArgs(task=args.task, model=str(init), train=args.train, dev=args.dev, epochs=args.epochs,
                               random_init=random_init),
-                 DataOptions(max_length=args.max_length), config)
+                 DataOptions(max_length=args.max_length, long_text=args.long_text), config)
     seconds = time.perf_counter() - start
     epochs = [{k: v for k, v in r.items() if k != "split"} for r in iter_rows(out / "metrics.jsonl")
               if r["split"] == "valid"]
@@ -143,7 +145,7 @@ def main() -> None:
     torch.set_num_threads(args.threads)
     from bertkit.tasks import DataOptions, make_task
 
-    task = make_task(args.task, DataOptions(max_length=args.max_length))
+    task = make_task(args.task, DataOptions(max_length=args.max_length, long_text=args.long_text))
     metric = task.metric
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
