@@ -3,7 +3,7 @@
 # bertkit vs transformers with the same model, data and hyper-parameters, and a bertkit-pretrained
 # Chinese BERT vs the same architecture from random initialisation.
 #
-#   bash examples/peoples_daily.sh                # the Chinese model, in runs/pd-bert (~40 minutes)
+#   bash examples/peoples_daily.sh                # the Chinese model, in runs/pd-bert (~35 minutes)
 #   bash bench/finetune_all.sh                    # results in runs/bench/*.json and *.log
 set -euo pipefail
 
@@ -25,7 +25,8 @@ run() {
     echo "== $(date +%T) $name"
     "$PYTHON" "$HERE/finetune.py" "$@" --json "$OUT/$name.json" | tee "$OUT/$name.log" | tail -5
 }
-# the Chinese model has 64 positions: longer inputs are split into overlapping windows
+# the Chinese model was pretrained on 64 tokens (positions beyond are untrained): longer inputs are
+# split into overlapping windows
 long=(--max-length 64 --long-text window)
 senti=(--task classify --train "$OUT/data/senti/train.csv" --dev "$OUT/data/senti/dev.csv" --epochs 10 --lr 1e-3 "${long[@]}")
 pdner=(--task tag --train "$OUT/data/pdner/train.conll" --dev "$OUT/data/pdner/dev.conll" --epochs 10 --lr 1e-3 "${long[@]}")

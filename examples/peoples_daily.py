@@ -29,11 +29,12 @@ def write_text(out: Path, tagged: Path, *, everything: bool = False) -> None:
     are sentences, not whole paragraphs. The paragraphs of that module's dev and test splits are left
     out unless `everything`: the entity tagger fine-tuned later is scored on text pretraining never saw.
     """
+    from bertkit.tasks.base import BadInput, read_text_lines
     from bertkit.tasks.peoples_daily import parse_paragraph, sentences, split_of
 
     kept: list[str] = []
     paragraphs = held_out = 0
-    for number, line in enumerate(tagged.read_text(encoding="utf-8").splitlines(), start=1):
+    for number, line in enumerate(read_text_lines(tagged, BadInput()), start=1):  # as the NER splits read it
         chunks = parse_paragraph(line, f"{tagged}:{number}")
         if not chunks:
             continue

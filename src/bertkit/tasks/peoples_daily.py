@@ -137,7 +137,7 @@ def _entity_units(chunks: list[Chunk]) -> list[tuple[str, str | None]]:
 
 
 def split_of(paragraph: int) -> str:
-    """The split of the paragraph-th non-blank source line (0-based): 80/10/10 by index mod 10."""
+    """The split of the paragraph-th source line with text (0-based): 80/10/10 by index mod 10."""
     return "dev" if paragraph % 10 == 8 else "test" if paragraph % 10 == 9 else "train"
 
 
