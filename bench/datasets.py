@@ -114,4 +114,6 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    from bertkit.errors import run_script
+
+    run_script(main, "bench/datasets.py")

@@ -23,6 +23,12 @@ LR=${LR:-1e-3}
 MASKING=${MASKING:-char}
 HERE=$(dirname "$0")
 step() { echo "== $(date +%T) $*"; }
+# character masking, or jieba words masked whole (step 3 marks them, step 4 masks them)
+case "$MASKING" in
+    char) SEGMENTER=() WWM=() ;;
+    whole-word) SEGMENTER=(--segmenter jieba) WWM=(--whole-word-masking) ;;
+    *) echo "MASKING must be char or whole-word, not '$MASKING'" >&2; exit 2 ;;
+esac
 
 # 1. plain text: the POS tags stripped, one sentence per line, words joined without spaces
 step "1. plain text"
@@ -39,11 +45,6 @@ step "2. vocabulary"
 #    (about ten paragraphs; NSP pairs come from neighbouring sentences). Characters are masked one by
 #    one, as in Google's Chinese BERT; with MASKING=whole-word, jieba marks the word boundaries
 step "3. token shards"
-case "$MASKING" in
-    char) SEGMENTER=() WWM=() ;;
-    whole-word) SEGMENTER=(--segmenter jieba) WWM=(--whole-word-masking) ;;
-    *) echo "MASKING must be char or whole-word, not '$MASKING'" >&2; exit 2 ;;
-esac
 "$BERTKIT" prepare "$DATA/pd199801.txt" --tokenizer "$DATA/tokenizer" --out "$DATA/shards" \
     ${SEGMENTER[@]+"${SEGMENTER[@]}"} --document-sentences 25 --valid-fraction 0.02
 
