@@ -85,3 +85,73 @@ def test_config_dataclass_becomes_options():
     assert config.steps == 5 and config.progress is False and config.betas == (0.9, 0.98)
     assert str(config.out) == "runs/x" and config.lr == 1e-4
     assert "Micro-batches accumulated" in parser.format_help()
+
+
+def test_embed_creates_missing_folders_and_writes_atomically(capsys, tmp_path):
+    src = tmp_path / "texts.txt"
+    src.write_text("hello world\n", encoding="utf-8")
+    for name in ("new/dir/v.npy", "other/v.jsonl"):
+        code, _, err = run(capsys, "embed", "-i", str(src), "-o", str(tmp_path / name))
+        assert code == 0 and "wrote 1 vectors" in err
+        assert [p.name for p in (tmp_path / name).parent.iterdir()] == [name.rsplit("/", 1)[1]]  # no temporary left
+    assert np.load(tmp_path / "new/dir/v.npy").shape == (1, 384)
+
+
+@pytest.mark.parametrize(
+    "output, message",
+    [
+        ("{tmp}/dir.npy", "{tmp}/dir.npy: is a directory, not a file"),
+        ("{tmp}/texts.txt/v.npy", "{tmp}/texts.txt/v.npy: {tmp}/texts.txt is a file, not a directory"),
+        ("{tmp}/v.csv", "{tmp}/v.csv: output must end in .npy or .jsonl (or be - for JSONL on stdout)"),
+    ],
+)
+def test_embed_checks_the_output_before_loading_the_model(capsys, tmp_path, monkeypatch, output, message):
+    monkeypatch.setattr("bertkit.embedding.Embedder.from_pretrained", lambda *a: pytest.fail("model loaded"))
+    (tmp_path / "texts.txt").write_text("hello\n")
+    (tmp_path / "dir.npy").mkdir()
+    code, _, err = run(capsys, "embed", "-i", str(tmp_path / "texts.txt"), "-o", output.format(tmp=tmp_path))
+    assert code == 2 and err == f"bertkit: error: {message.format(tmp=tmp_path)}\n"
+
+
+@pytest.mark.parametrize("output", ["v.npy", "v.jsonl"])
+def test_embed_on_a_full_disk_keeps_the_old_file(capsys, tmp_path, monkeypatch, output):
+    from bertkit import fileio
+
+    src, target = tmp_path / "texts.txt", tmp_path / output
+    src.write_text("hello world\n", encoding="utf-8")
+    target.write_text("old")
+    monkeypatch.setattr(fileio, "_open_new", lambda path, mode: open("/dev/full", mode))  # writes fail: ENOSPC
+    code, _, err = run(capsys, "embed", "-i", str(src), "-o", str(target))
+    assert code == 2 and err == f"bertkit: error: {target}: no space left on device\n"
+    assert target.read_text() == "old" and sorted(p.name for p in tmp_path.iterdir()) == sorted(["texts.txt", output])
+
+
+def test_directory_as_input_says_so(capsys, tmp_path):
+    code, _, err = run(capsys, "embed", "-i", str(tmp_path))
+    assert code == 2 and err == f"bertkit: error: {tmp_path}: is a directory, not a file\n"
+
+
+def test_tokenizer_train_into_a_new_folder_and_not_into_a_file(capsys, tmp_path):
+    text = tmp_path / "text.txt"
+    text.write_text("".join(f"the quick brown fox {i} jumps over the lazy dog\n" for i in range(50)))
+    code, _, err = run(capsys, "tokenizer", "train", str(text), "--vocab-size", "60", "--out", str(tmp_path / "a/b"))
+    assert code == 0 and (tmp_path / "a/b/vocab.txt").is_file()
+    code, _, err = run(capsys, "tokenizer", "train", str(text), "--out", str(text / "tok"))
+    assert code == 2 and err == f"bertkit: error: {text / 'tok'}: {text} is a file, not a directory\n"
+
+
+def test_argument_errors_are_one_line_too(capsys):
+    code, _, err = run(capsys, "embed", "--batch-size", "0")
+    assert code == 2 and err == "bertkit: error: --batch-size must be at least 1, got 0\n"
+    code, _, err = run(capsys, "embed", "--no-such-option")
+    assert code == 2 and err == "bertkit: error: unrecognized arguments: --no-such-option (see bertkit --help)\n"
+    code, _, err = run(capsys, "finetune", "--long-text", "windows")
+    assert code == 2 and err.startswith("bertkit: error: --long-text must be one of truncate, window; got 'windows'")
+
+
+def test_help_lists_the_choices(capsys):
+    with pytest.raises(SystemExit):
+        main(["finetune", "--help"])
+    out = capsys.readouterr().out
+    for choices in ("{classify,tag,qa,choice}", "{truncate,window}", "{linear,cosine,constant}", "{auto,fp32,bf16}"):
+        assert choices in out

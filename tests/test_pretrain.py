@@ -114,3 +114,111 @@ def test_capped_source():
             return 5
 
     assert CappedSource(Five(), 2).num_batches(0, 1) == 2 and CappedSource(Five(), 0).num_batches(0, 1) == 5
+
+
+# ---- many processes: a held-out split smaller than the processes, resume on another count, 2 nodes --
+
+
+def _free_port() -> int:
+    import socket
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _torchrun(launcher_args, bertkit_args, *, nodes=None, timeout=300):
+    """torchrun on loopback; with nodes=2, two launchers (one process each) meet by c10d rendezvous."""
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    base = [sys.executable, "-m", "torch.distributed.run"]
+    if nodes is None:
+        cmd = [*base, *launcher_args, "--master_port", str(_free_port()), "-m", "bertkit", *bertkit_args]
+        return [subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)]
+    endpoint = f"127.0.0.1:{_free_port()}"
+    procs = [subprocess.Popen([*base, "--nnodes", str(nodes), "--nproc_per_node", "1", "--node_rank", str(r),
+                               "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "bertkit-test",
+                               "-m", "bertkit", *bertkit_args],
+                              stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+             for r in range(nodes)]
+    results = []
+    for p in procs:
+        out, err = p.communicate(timeout=timeout)
+        results.append(subprocess.CompletedProcess(p.args, p.returncode, out, err))
+    return results
+
+
+@pytest.fixture(scope="module")
+def one_batch_valid(prepared, tmp_path_factory):
+    """The same text with a held-out split of a single document: fewer batches than processes."""
+    root = tmp_path_factory.mktemp("ptb-small-valid")
+    assert main(["prepare", str(prepared / "ptb.txt"), "--tokenizer", str(prepared / "tok"), "--out",
+                 str(root / "data"), "--document-sentences", "20", "--valid-fraction", "0.005",
+                 "--no-progress"]) == 0
+    return root
+
+
+def _as_if_stopped_at(out, step):
+    """Leave `out` as a run killed right after its checkpoint at `step`."""
+    import shutil
+
+    for d in (out / "checkpoints").glob("step-*"):
+        if int(d.name.split("-")[1]) > step:
+            shutil.rmtree(d)
+    (out / "checkpoints" / "latest").write_text(f"step-{step:08d}\n")
+
+
+def _train_losses(out):
+    return [(r["step"], r["loss"]) for r in _rows(out) if r["split"] == "train"]
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo on Linux")
+def test_two_nodes_with_a_tiny_held_out_split_then_resume_on_one_process(prepared, one_batch_valid, tmp_path):
+    """Two nodes on loopback (c10d rendezvous), a held-out split of one batch (the evaluation used to
+    hang), then the run continues on one process with the same global batch and the same data order."""
+    data = ["--data", str(one_batch_valid / "data")]
+    two = tmp_path / "two"
+    args = [*_pretrain_args(prepared, two, "--steps", "8", "--batch-size", "4", "--save-every", "4",
+                            "--eval-every", "4", "--eval-batches", "0"), *data]
+    for result in _torchrun([], args, nodes=2):
+        assert result.returncode == 0, result.stderr[-2000:]
+    assert len([r for r in _rows(two) if r["split"] == "valid"]) == 2
+    resumed = tmp_path / "resumed"
+    import shutil
+
+    shutil.copytree(two, resumed)
+    _as_if_stopped_at(resumed, 4)
+    # one process, the same --batch-size: 2 accumulated micro-batches keep the global batch of 8
+    assert main([*_pretrain_args(prepared, resumed, "--steps", "8", "--batch-size", "4", "--resume",
+                                 "--eval-every", "4", "--eval-batches", "0"), *data]) == 0
+    a, b = _train_losses(two), _train_losses(resumed)
+    assert [s for s, _ in a] == [s for s, _ in b] == [2, 4, 6, 8]
+    for (_, x), (_, y) in zip(a, b):
+        assert x == pytest.approx(y, abs=1e-4)
+    torch.testing.assert_close(BertForPreTraining.from_pretrained(resumed).bert.embeddings.word.weight,
+                               BertForPreTraining.from_pretrained(two).bert.embeddings.word.weight,
+                               atol=1e-5, rtol=0)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo on Linux")
+def test_one_process_run_resumes_on_two_processes(prepared, tmp_path):
+    one = tmp_path / "one"
+    assert main(_pretrain_args(prepared, one, "--steps", "6", "--batch-size", "8", "--save-every", "2")) == 0
+    two = tmp_path / "two"
+    import shutil
+
+    shutil.copytree(one, two)
+    _as_if_stopped_at(two, 4)
+    # two processes of 8 would double the global batch: --batch-size 4 keeps it
+    [result] = _torchrun(["--nproc_per_node", "2"],
+                         _pretrain_args(prepared, two, "--steps", "6", "--batch-size", "4", "--resume"))
+    assert result.returncode == 0, result.stderr[-2000:]
+    a, b = _train_losses(one), _train_losses(two)
+    assert [s for s, _ in a] == [s for s, _ in b]
+    for (_, x), (_, y) in zip(a, b):
+        assert x == pytest.approx(y, abs=1e-4)
+    # and a layout that cannot keep the global batch is one line, before any work
+    three = tmp_path / "three"
+    shutil.copytree(one, three)
+    [result] = _torchrun(["--nproc_per_node", "2"],
+                         _pretrain_args(prepared, three, "--steps", "6", "--batch-size", "3", "--resume"))
+    assert result.returncode != 0 and "use --batch-size 4" in result.stderr

@@ -2,6 +2,9 @@
 
 import json
 import math
+import os
+import signal
+import sys
 
 import pytest
 import torch
@@ -115,17 +118,21 @@ def test_accumulation_equals_one_big_batch(tmp_path):
         torch.testing.assert_close(p, q, atol=1e-6, rtol=1e-5, msg=name)
 
 
-class CtrlCAt(RandomSource):
-    """Raises KeyboardInterrupt, as Ctrl-C would, when the loop asks for micro-batch `at`."""
+class SignalAt(RandomSource):
+    """Sends this process SIGINT, as Ctrl-C would, when the loop asks for micro-batch `at`."""
 
-    def __init__(self, config, at):
+    def __init__(self, config, at, signum=signal.SIGINT):
         super().__init__(config)
-        self.at = at
+        self.at, self.signum = at, signum
 
     def batch(self, epoch, index, batch_size, *, rank=0, world_size=1):
         if epoch * self.per_epoch + index == self.at:
-            raise KeyboardInterrupt
+            os.kill(os.getpid(), self.signum)
         return super().batch(epoch, index, batch_size, rank=rank, world_size=world_size)
+
+
+def _rows(directory):
+    return [json.loads(x) for x in (directory / "metrics.jsonl").read_text().splitlines()]
 
 
 def test_interrupt_saves_and_resume_continues_exactly(tmp_path, capsys):
@@ -133,16 +140,98 @@ def test_interrupt_saves_and_resume_continues_exactly(tmp_path, capsys):
     fit(straight, RandomSource(config), _config(tmp_path / "straight", steps=6))
     first, _ = _objective(dropout=0.1)
     with pytest.raises(KeyboardInterrupt):
-        fit(first, CtrlCAt(config, at=5), _config(tmp_path / "resumed", steps=6))
-    assert "interrupted at step 5" in capsys.readouterr().out
+        fit(first, SignalAt(config, at=4), _config(tmp_path / "resumed", steps=6))
+    assert "interrupted (SIGINT) at step 5" in capsys.readouterr().out  # step 5 (micro-batch 4) completed
     second, _ = _objective(seed=123, dropout=0.1)  # different init: everything must come from the checkpoint
     fit(second, RandomSource(config), _config(tmp_path / "resumed", steps=6, resume=True))
     for p, q in zip(straight.model.parameters(), second.model.parameters()):
         assert torch.equal(p, q)
-    def rows(name):
-        return [json.loads(x) for x in (tmp_path / name / "metrics.jsonl").read_text().splitlines()]
+    assert [r["loss"] for r in _rows(tmp_path / "straight")] == [r["loss"] for r in _rows(tmp_path / "resumed")]
 
-    assert [r["loss"] for r in rows("straight")] == [r["loss"] for r in rows("resumed")]
+
+# Where a signal can land: the loop's own code, data loading, forward, backward, clipping, inside the
+# optimiser's update (between two parameters), the schedule, logging, evaluation and checkpoint writing.
+_PLACES = {"batch", "forward", "backward", "clip_grad_norm_", "step", "_single_tensor_adamw", "adamw",
+           "lerp_", "addcdiv_", "mul_", "zero_grad", "_log_row", "write", "_evaluate", "save_checkpoint",
+           "write_checkpoint", "save_pretrained", "save_file", "write_text_atomically", "next_positions",
+           "_train_step", "agreed"}
+
+
+class _SignalAtEvent:
+    """A profiler that counts calls to the functions in _PLACES and, at call number `at`, sends the
+    process a signal (twice, when `twice`: the second one stops mid-step)."""
+
+    def __init__(self, at=None, signum=signal.SIGTERM, twice=False):
+        self.at, self.signum, self.twice, self.count = at, signum, twice, 0
+        self.names: list[str] = []
+
+    def __call__(self, frame, event, arg):
+        if event not in ("call", "c_call"):
+            return
+        name = arg.__name__ if event == "c_call" else frame.f_code.co_name
+        if name not in _PLACES:
+            return
+        self.count += 1
+        self.names.append(name)
+        if self.count == self.at or (self.twice and self.count == self.at + 40):
+            os.kill(os.getpid(), self.signum)
+
+
+def _run(out, profiler=None, resume=False, seed=0):
+    objective, config = _objective(seed=seed, dropout=0.1)
+    train = _config(out, steps=6, log_every=2, save_every=2, eval_every=3, resume=resume)
+
+    def evaluate():
+        with torch.no_grad():
+            return {"loss": float(objective.model.bert.embeddings.word.weight.square().sum())}
+
+    sys.setprofile(profiler)
+    try:
+        fit(objective, RandomSource(config), train, evaluate=evaluate)
+    finally:
+        sys.setprofile(None)
+    return objective
+
+
+def _final_state(out):
+    from bertkit.runs import read_trainer_state
+
+    return read_trainer_state(latest_checkpoint(out))
+
+
+def test_a_signal_anywhere_in_a_step_resumes_bitwise(tmp_path, capsys):
+    """SIGTERM/SIGINT at evenly spaced points of the whole run (and a second signal mid-step), then
+    --resume: the weights, the optimiser state and the logged metrics equal the uninterrupted run's."""
+    counter = _SignalAtEvent()
+    straight = _run(tmp_path / "straight", counter)
+    total = counter.count
+    reference = _final_state(tmp_path / "straight")
+    points = [round(total * (i + 0.5) / 12) for i in range(12)]
+    # and for certain, a third of the way in: inside the optimiser's update, backward, evaluation,
+    # writing a checkpoint's tensors, writing a metrics row
+    points += [counter.names.index(name, total // 3) + 1
+               for name in ("addcdiv_", "backward", "_evaluate", "save_file", "write")]
+    stopped = 0
+    for n, at in enumerate(points):
+        out = tmp_path / f"run{n}"
+        signum = signal.SIGINT if n % 2 else signal.SIGTERM
+        try:
+            _run(out, _SignalAtEvent(at, signum, twice=n % 5 == 4))
+        except KeyboardInterrupt:
+            stopped += 1
+        resumed = _run(out, resume=latest_checkpoint(out) is not None, seed=123) \
+            if latest_checkpoint(out) is not None else _run(out / "fresh")
+        for (name, p), q in zip(straight.model.named_parameters(), resumed.model.parameters()):
+            assert torch.equal(p, q), f"signal at place {at} of {total}: {name} differs"
+        if latest_checkpoint(out) is not None:
+            state = _final_state(out)
+            for k, v in reference["optimizer"]["state"].items():
+                for name, t in v.items():
+                    assert torch.equal(t, state["optimizer"]["state"][k][name]), f"at {at}: optimiser {k}.{name}"
+            assert [(r["step"], r["loss"]) for r in _rows(out)] == \
+                [(r["step"], r["loss"]) for r in _rows(tmp_path / "straight")], f"at {at}: metrics"
+    assert stopped >= 15  # all but the points after the last step stopped the run
+    capsys.readouterr()
 
 
 def test_checkpoints_are_complete_and_pruned(tmp_path):
@@ -206,7 +295,9 @@ def test_layer_wise_lr_decay_scales_by_depth(tmp_path):
     assert sum(len(g["params"]) for g in groups) == len(named)
     # in the loop: each optimiser group's peak lr is lr × its scale
     fit(objective, RandomSource(config), _config(tmp_path, steps=1, lr=1e-3, layer_lr_decay=0.5))
-    saved = torch.load(latest_checkpoint(tmp_path) / "trainer.pt", weights_only=False)["optimizer"]["param_groups"]
+    from bertkit.runs import read_trainer_state
+
+    saved = read_trainer_state(latest_checkpoint(tmp_path))["optimizer"]["param_groups"]
     assert sorted(g["initial_lr"] for g in saved) == pytest.approx(
         sorted(1e-3 * g["lr_scale"] for g in groups))
     assert {round(g["initial_lr"] / 1e-3, 6) for g in saved} == {0.5 ** k for k in range(L + 2)}
@@ -251,3 +342,101 @@ def test_an_unknown_best_metric_is_a_clear_error(tmp_path):
     with pytest.raises(BertkitError, match=r"best metric 'f1' is not among the validation metrics \(accuracy\)"):
         fit(objective, RandomSource(config), _config(tmp_path, steps=2, eval_every=1, best_metric="f1"),
             evaluate=lambda: {"accuracy": 0.5})
+
+
+def test_mse_and_every_metric_have_an_explicit_direction():
+    from bertkit.errors import BertkitError
+    from bertkit.train import best_evaluation, lower_is_better
+
+    history = [{"split": "valid", "step": s, "mse": m, "pearson": p}
+               for s, m, p in ((1, 0.9, 0.1), (2, 0.2, float("nan")), (3, 0.5, 0.4))]
+    assert best_evaluation(history, "mse")["step"] == 2  # lower is better: the worst model was kept once
+    assert best_evaluation(history, "pearson")["step"] == 3  # an undefined correlation is never the best
+    assert not lower_is_better("f1_PER") and lower_is_better("perplexity")
+    with pytest.raises(BertkitError, match="--best-metric best_f1_threshold: not a metric"):
+        lower_is_better("best_f1_threshold")
+    with pytest.raises(BertkitError, match="--best-metric acuracy"):
+        TrainConfig(out="x", best_metric="acuracy")
+
+
+# ---- the run directory: no silent overwrite, a trainer state that cannot run code ----------------------
+
+
+def test_an_earlier_run_is_never_overwritten_silently(tmp_path):
+    from bertkit.errors import BertkitError
+
+    objective, config = _objective()
+    fit(objective, RandomSource(config), _config(tmp_path, steps=2))
+    before = (tmp_path / "metrics.jsonl").read_text()
+    with pytest.raises(BertkitError, match=r"holds an earlier run \(metrics.jsonl, checkpoints, model.safetensors.*"
+                                           r"continue it with --resume or start over with --overwrite"):
+        fit(objective, RandomSource(config), _config(tmp_path, steps=3))
+    assert (tmp_path / "metrics.jsonl").read_text() == before and latest_checkpoint(tmp_path).name == "step-00000002"
+    (tmp_path / "notes.txt").write_text("mine")
+    fit(objective, RandomSource(config), _config(tmp_path, steps=3, overwrite=True))
+    assert [p.name for p in (tmp_path / "checkpoints").glob("step-*")] == ["step-00000003"]
+    assert [r["step"] for r in _rows(tmp_path)] == [1, 2, 3] and (tmp_path / "notes.txt").read_text() == "mine"
+
+
+class _Payload:
+    """Unpickling this would create the marker file: the code an attacker would run."""
+
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (str(self.marker), "w"))
+
+
+def test_a_planted_pickle_in_a_run_directory_never_runs(tmp_path):
+    """A crafted trainer.pt (transformers' Trainer CVE-2024-3568 class of bug) is refused by --resume."""
+    from bertkit.errors import BertkitError
+
+    objective, config = _objective()
+    fit(objective, RandomSource(config), _config(tmp_path, steps=2, save_every=1))
+    marker = tmp_path / "PWNED"
+    attack = tmp_path / "checkpoints" / "step-00000009"
+    attack.mkdir()
+    torch.save({"step": 9, "payload": _Payload(marker)}, attack / "trainer.pt")
+    (tmp_path / "checkpoints" / "latest").write_text("step-00000009\n")
+    with pytest.raises(BertkitError, match="trainer.pt: refused to load"):
+        fit(objective, RandomSource(config), _config(tmp_path, steps=4, resume=True))
+    assert not marker.exists()
+    # the trainer state bertkit writes holds no pickle at all: JSON and safetensors
+    assert sorted(p.name for p in (tmp_path / "checkpoints" / "step-00000002").iterdir() if "trainer" in p.name) \
+        == ["trainer_state.json", "trainer_state.safetensors"]
+
+
+@pytest.mark.parametrize("damage", ["truncated tensors", "truncated json", "missing tensor"])
+def test_a_damaged_trainer_state_is_one_line(tmp_path, damage):
+    from bertkit.errors import BertkitError
+
+    objective, config = _objective()
+    fit(objective, RandomSource(config), _config(tmp_path, steps=2))
+    directory = latest_checkpoint(tmp_path)
+    if damage == "truncated tensors":
+        path = directory / "trainer_state.safetensors"
+        path.write_bytes(path.read_bytes()[:200])
+    elif damage == "truncated json":
+        path = directory / "trainer_state.json"
+        path.write_text(path.read_text()[:100])
+    else:
+        path = directory / "trainer_state.json"
+        path.write_text(path.read_text().replace('"$tensor": "state.rng.0"', '"$tensor": "state.rng.7"'))
+    with pytest.raises(BertkitError) as caught:
+        fit(objective, RandomSource(config), _config(tmp_path, steps=3, resume=True))
+    assert "\n" not in str(caught.value) and "trainer_state" in str(caught.value)
+
+
+def test_the_trainer_state_codec_round_trips_exactly():
+    from bertkit.runs import decode, encode
+
+    state = {"state": {0: {"step": torch.tensor(3.0), "exp_avg": torch.randn(2, 3)}},
+             "param_groups": [{"betas": (0.9, 0.999), "params": [0], "foreach": None, "lr": 1e-3}],
+             "history": [{"loss": float("nan")}], "$odd": 1}
+    tensors = {}
+    document = json.loads(json.dumps(encode(state, tensors)))
+    back = decode(document, tensors)
+    assert back["param_groups"] == state["param_groups"] and back["$odd"] == 1
+    assert torch.equal(back["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
+    assert list(back["state"]) == [0] and math.isnan(back["history"][0]["loss"])

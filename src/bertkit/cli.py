@@ -12,6 +12,7 @@ import dataclasses
 import inspect
 import json
 import logging
+import re
 import sys
 import textwrap
 import types
@@ -20,8 +21,11 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from bertkit import fileio, options
 from bertkit.errors import BertkitError, InputError
+from bertkit.options import float_in, int_in, non_negative_int, positive_int, seed_int
 
+SEGMENTERS = ("jieba",)
 DEMO_SENTENCES = [
     "A man is playing a guitar.",
     "Someone is strumming a guitar on stage.",
@@ -45,10 +49,7 @@ def _read_lines(source: str) -> list[str]:
         data = sys.stdin.buffer.read()
         name = "<stdin>"
     else:
-        path = Path(source)
-        if not path.is_file():
-            raise InputError(f"{source}: no such file")
-        data, name = path.read_bytes(), source
+        data, name = fileio.check_input_file(source).read_bytes(), source
     lines = []
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:
@@ -75,30 +76,46 @@ def field_docs(cls: type) -> dict[str, str]:
 
 
 def add_config_options(parser: argparse.ArgumentParser, cls: type, *, skip: Sequence[str] = (),
-                       defaults: dict[str, Any] | None = None, unset: bool = False) -> None:
+                       defaults: dict[str, Any] | None = None, unset: bool = False,
+                       choices: dict[str, Sequence[str]] | None = None) -> None:
     """One --option per dataclass field: the config class is the schema and the help text.
 
     `defaults` replaces some fields' defaults; unset=True makes every default None (options that
-    only override values stored elsewhere, e.g. in a fine-tuned model's config.json)."""
+    only override values stored elsewhere, e.g. in a fine-tuned model's config.json). A field with a
+    fixed set of values (`metadata=options.choices(...)`, a `Literal[...]` annotation, or an entry of
+    `choices`) gets argparse choices, listed in --help and checked before any work."""
     docs, hints = field_docs(cls), typing.get_type_hints(cls)
     defaults = defaults or {}
     for f in dataclasses.fields(cls):
         if f.name in skip:
             continue
-        flag = "--" + f.name.replace("_", "-")
+        flag = options.flag(f.name)
         kind = _plain_type(hints[f.name])
         default = None if f.default is dataclasses.MISSING else f.default
         default = None if unset else defaults.get(f.name, default)
         required = f.default is dataclasses.MISSING and f.default_factory is dataclasses.MISSING and not unset
         help_text = docs.get(f.name, "").replace("%", "%%")
         help_text += "" if required or default is None else f" (default: {default})"
+        values = field_choices(f, kind, choices or {})
         if kind is bool:
             parser.add_argument(flag, action=argparse.BooleanOptionalAction, default=default, help=help_text)
         elif typing.get_origin(kind) is tuple:
             parser.add_argument(flag, type=float, nargs=2, default=default, help=help_text)
+        elif values:
+            parser.add_argument(flag, type=options.choice(values), choices=values, default=default,
+                                required=required, help=help_text)
         else:
             parser.add_argument(flag, type=kind, default=default, required=required, help=help_text,
                                 metavar=f.name.upper())
+
+
+def field_choices(f: dataclasses.Field, kind: Any, extra: dict[str, Sequence[str]]) -> tuple[str, ...] | None:
+    """The fixed values of a field: its metadata's "choices", a Literal annotation, or `extra`."""
+    if "choices" in f.metadata:
+        return tuple(f.metadata["choices"])
+    if typing.get_origin(kind) is typing.Literal:
+        return typing.get_args(kind)
+    return tuple(extra[f.name]) if f.name in extra else None
 
 
 def _plain_type(hint: Any) -> Any:
@@ -124,6 +141,7 @@ def config_from_args(cls: type, args: argparse.Namespace, **extra: Any):
 def cmd_embed(args: argparse.Namespace) -> int:
     from bertkit.embedding import Embedder
 
+    _check_vectors_output(args.output)
     texts = _read_lines(args.input)
     embedder = Embedder.from_pretrained(args.model)
     vectors = embedder(
@@ -136,22 +154,33 @@ def cmd_embed(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_vectors_output(output: str) -> None:
+    """Before any work: a .npy or .jsonl file that can be written, or '-'."""
+    if output == "-":
+        return
+    if not output.endswith((".npy", ".jsonl")):
+        raise InputError(f"{output}: output must end in .npy or .jsonl (or be - for JSONL on stdout)")
+    fileio.check_output_file(output)
+
+
 def _write_vectors(texts: list[str], vectors, output: str) -> None:
+    """A .npy file, or JSONL (a file or '-': stdout); files are written atomically."""
     import numpy as np
 
-    if output.endswith(".npy"):
-        np.save(output, vectors)
-        return
-    if output != "-" and not output.endswith(".jsonl"):
-        raise InputError(f"{output}: output must end in .npy or .jsonl (or be - for JSONL on stdout)")
-    out = sys.stdout if output == "-" else open(output, "w", encoding="utf-8")
-    try:
-        for text, vector in zip(texts, vectors):
-            out.write(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}, ensure_ascii=False))
-            out.write("\n")
-    finally:
-        if out is not sys.stdout:
-            out.close()
+    if output == "-":
+        _write_vector_lines(texts, vectors, sys.stdout)
+    elif output.endswith(".npy"):
+        with fileio.atomic_write(output, "wb") as f:
+            np.save(f, vectors)
+    else:
+        with fileio.atomic_write(output) as f:
+            _write_vector_lines(texts, vectors, f)
+
+
+def _write_vector_lines(texts: list[str], vectors, out) -> None:
+    for text, vector in zip(texts, vectors):
+        out.write(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}, ensure_ascii=False))
+        out.write("\n")
 
 
 # ---- similarity -------------------------------------------------------------------------------------
@@ -199,6 +228,7 @@ def cmd_prepare(args: argparse.Namespace) -> int:
     from bertkit.data.shards import prepare
     from bertkit.tokenizer import Tokenizer
 
+    fileio.check_output_dir(args.out)
     prepare(
         args.files, Tokenizer.from_pretrained(args.tokenizer), args.out, valid_fraction=args.valid_fraction,
         shard_tokens=args.shard_tokens, seed=args.seed, segmenter=args.segmenter, text_field=args.text_field,
@@ -212,8 +242,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
     from bertkit.pretrain import PretrainArgs, run_pretrain
     from bertkit.train import TrainConfig
 
+    pretrain = config_from_args(PretrainArgs, args)
+    train = _train_config(TrainConfig, args)
     try:
-        run_pretrain(config_from_args(PretrainArgs, args), config_from_args(TrainConfig, args))
+        run_pretrain(pretrain, train)
     except KeyboardInterrupt:
         return 130
     return 0
@@ -222,8 +254,10 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 def cmd_demo(args: argparse.Namespace) -> int:
     from bertkit.demo import DemoConfig, run_demo
 
+    demo = config_from_args(DemoConfig, args)
+    fileio.check_output_dir(demo.out)
     try:
-        run_demo(config_from_args(DemoConfig, args))
+        run_demo(demo)
     except KeyboardInterrupt:
         return 130
     return 0
@@ -239,12 +273,23 @@ def cmd_finetune(args: argparse.Namespace) -> int:
     from bertkit.tasks import DataOptions
     from bertkit.train import TrainConfig
 
+    finetune, data = config_from_args(FinetuneArgs, args), config_from_args(DataOptions, args)
+    train = _train_config(TrainConfig, args, steps=1)  # steps follow from --epochs
+    fileio.check_input_file(finetune.train)
+    if finetune.dev is not None:
+        fileio.check_input_file(finetune.dev)
     try:
-        run_finetune(config_from_args(FinetuneArgs, args), config_from_args(DataOptions, args),
-                     config_from_args(TrainConfig, args, steps=1))
+        run_finetune(finetune, data, train)
     except KeyboardInterrupt:
         return 130
     return 0
+
+
+def _train_config(cls: type, args: argparse.Namespace, **extra: Any):
+    """The TrainConfig of the options, checked (values and --out) before any data or model is loaded."""
+    config = config_from_args(cls, args, **extra)  # TrainConfig checks its values as it is made
+    fileio.check_output_dir(config.out)
+    return config
 
 
 def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
@@ -256,6 +301,7 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from bertkit.finetune import run_evaluate
 
+    fileio.check_input_file(args.data)
     run_evaluate(args.model, Path(args.data), _data_overrides(args), batch_size=args.batch_size, as_json=args.json)
     return 0
 
@@ -263,6 +309,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from bertkit.finetune import run_predict
 
+    if args.input != "-":
+        fileio.check_input_file(args.input)
+    if args.output != "-":
+        fileio.check_output_file(args.output)
     run_predict(args.model, args.input, args.output, _data_overrides(args), batch_size=args.batch_size)
     return 0
 
@@ -287,6 +337,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 def cmd_tokenizer_train(args: argparse.Namespace) -> int:
     from bertkit.vocab import train_vocabulary
 
+    fileio.check_output_dir(args.out)
     train_vocabulary(
         args.files, out=args.out, vocab_size=args.vocab_size, lowercase=not args.cased,
         chinese_chars=not args.no_chinese_chars, min_frequency=args.min_frequency,
@@ -323,8 +374,30 @@ def cmd_info(args: argparse.Namespace) -> int:
 # ---- entry point ------------------------------------------------------------------------------------
 
 
+class Parser(argparse.ArgumentParser):
+    """argparse with bertkit's one-line errors: an InputError that `main` prints as
+    'bertkit: error: --batch-size must be at least 1, got 0' (exit status 2)."""
+
+    def error(self, message: str) -> typing.NoReturn:
+        raise InputError(usage_error(message, self.prog))
+
+
+def usage_error(message: str, prog: str) -> str:
+    """argparse's 'argument --batch-size: must be at least 1, got 0' -> '--batch-size must be at least 1,
+    got 0'; other complaints (a missing or unknown option) point to --help."""
+    match = re.fullmatch(r"argument ([^\s:/]+)(?:/\S+)?: (.*)", message, flags=re.DOTALL)
+    if match and match.group(2).startswith("must "):
+        return f"{match.group(1)} {match.group(2)}"
+    if match:
+        message = f"{match.group(1)}: {match.group(2)}"
+    return f"{message} (see {prog} --help)"
+
+
+# TrainConfig's fields with a fixed set of values (until train.py declares them with options.choices)
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="bertkit", description="BERT end to end: vocabularies, pretraining, embeddings.")
+    parser = Parser(prog="bertkit", description="BERT end to end: vocabularies, pretraining, embeddings.")
     parser.add_argument("--version", action="version", version=_version())
     sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
 
@@ -337,8 +410,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model(p)
     p.add_argument("--input", "-i", default="-", metavar="FILE", help="texts, one per line (default: stdin)")
     p.add_argument("--output", "-o", default="-", metavar="FILE", help=".npy or .jsonl file (default: JSONL on stdout)")
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--max-length", type=int, default=None, help="truncate texts to this many tokens")
+    p.add_argument("--batch-size", type=positive_int, default=32)
+    p.add_argument("--max-length", type=int_in(3), default=None, help="truncate texts to this many tokens")
     p.add_argument("--no-normalize", action="store_true", help="leave vectors unnormalised")
 
     p = command("similarity", cmd_similarity, "Cosine similarities between texts (a built-in set if none given).")
@@ -355,13 +428,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="plain text (a sentence per line, blank line between documents), .jsonl, gzip; or directories")
     p.add_argument("--tokenizer", required=True, metavar="DIR", help="a tokenizer or checkpoint directory (vocab.txt)")
     p.add_argument("--out", required=True, metavar="DIR")
-    p.add_argument("--valid-fraction", type=float, default=0.01, help="share of documents held out (default: 0.01)")
-    p.add_argument("--shard-tokens", type=int, default=16_000_000, help="tokens per shard (default: 16M)")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--segmenter", choices=["jieba"], default=None,
+    p.add_argument("--valid-fraction", type=float_in(0, 1, high_open=True), default=0.01,
+                   help="share of documents held out, at least 0 and below 1 (default: 0.01)")
+    p.add_argument("--shard-tokens", type=positive_int, default=16_000_000, help="tokens per shard (default: 16M)")
+    p.add_argument("--seed", type=seed_int, default=0)
+    p.add_argument("--segmenter", type=options.choice(SEGMENTERS), choices=SEGMENTERS, default=None,
                    help="mark Chinese word boundaries with jieba (for --whole-word-masking)")
     p.add_argument("--text-field", default="text", help="field holding the text in .jsonl files (default: text)")
-    p.add_argument("--document-sentences", type=int, default=None, metavar="N",
+    p.add_argument("--document-sentences", type=positive_int, default=None, metavar="N",
                    help="cut documents into parts of N sentences (for text without blank lines between documents)")
     p.add_argument("--progress", action=argparse.BooleanOptionalAction, default=True,
                    help="show a progress bar (default: on)")
@@ -386,7 +460,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, metavar="DIR", help="a model from bertkit finetune")
     p.add_argument("--data", required=True, metavar="FILE", help="labelled file in the task's format")
     p.add_argument("--json", action="store_true", help="print the metrics as one JSON object on stdout")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     add_config_options(p, DataOptions, unset=True)
 
     p = command("predict", cmd_predict, "Predict with a fine-tuned model; writes JSONL, one line per input.")
@@ -394,7 +468,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--input", "-i", default="-", metavar="FILE",
                    help="a file in the task's format, or plain text with an input per line ('-': stdin)")
     p.add_argument("--output", "-o", default="-", metavar="FILE", help="JSONL file (default: stdout)")
-    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--batch-size", type=positive_int, default=64)
     add_config_options(p, DataOptions, unset=True)
 
     from bertkit.demo import DemoConfig
@@ -406,7 +480,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("fill-mask", cmd_fill_mask, "Predict the tokens behind [MASK] with a masked-LM checkpoint.")
     p.add_argument("--model", required=True, metavar="DIR", help="checkpoint with an MLM head (e.g. from bertkit pretrain)")
     p.add_argument("text", help='text with one or more [MASK] tokens, e.g. "the capital of france is [MASK] ."')
-    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--top-k", type=positive_int, default=5)
 
     p = command("tokenizer", lambda a: (p_tok.print_help(), 2)[1], "Train WordPiece vocabularies.")
     p_tok = p
@@ -416,12 +490,13 @@ def build_parser() -> argparse.ArgumentParser:
                         "(plain text, .jsonl with a text field, gzip; English or Chinese).")
     t.set_defaults(func=cmd_tokenizer_train)
     t.add_argument("files", nargs="+", metavar="FILE", help="text files or directories")
-    t.add_argument("--vocab-size", type=int, default=30522)
+    t.add_argument("--vocab-size", type=int_in(options.MIN_VOCAB), default=30522)
     t.add_argument("--out", required=True, metavar="DIR", help="where to write vocab.txt and the tokenizer files")
     t.add_argument("--cased", action="store_true", help="keep case and accents (default: lower-case, strip accents)")
     t.add_argument("--no-chinese-chars", action="store_true", help="do not split every CJK character into its own token")
-    t.add_argument("--min-frequency", type=int, default=2, help="ignore pieces seen fewer times (default: 2)")
-    t.add_argument("--limit-alphabet", type=int, metavar="N",
+    t.add_argument("--min-frequency", type=non_negative_int, default=2,
+                   help="ignore pieces seen fewer times (default: 2)")
+    t.add_argument("--limit-alphabet", type=non_negative_int, metavar="N",
                    help="keep at most N distinct characters, the most frequent (default: as many as the "
                         "vocabulary holds, which Chinese needs)")
 
@@ -438,8 +513,8 @@ def _version() -> str:
 
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="bertkit: %(message)s")
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args)
     except BertkitError as e:
         print(f"bertkit: error: {e}", file=sys.stderr)
@@ -449,6 +524,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 130
     except BrokenPipeError:
         return 0
+    except OSError as e:
+        if e.errno not in fileio.ENVIRONMENT_ERRNOS:
+            raise
+        print(f"bertkit: error: {fileio.os_error_message(e)}", file=sys.stderr)  # a full disk, permissions
+        return 2
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from bertkit.errors import InputError
+from bertkit.options import MIN_VOCAB, at_least, greater_than, model_spec
 
 PROMPTS = [
     "the company said it [MASK] a loss in the third quarter .",
@@ -41,6 +42,14 @@ class DemoConfig:
     """WordPiece vocabulary size."""
     lr: float = 2e-3
     """Peak learning rate (small models take a large one)."""
+
+    def __post_init__(self) -> None:
+        model_spec("config", self.config)
+        at_least("steps", self.steps, 1)
+        at_least("batch_size", self.batch_size, 1)
+        at_least("max_length", self.max_length, 5)  # [CLS], two [SEP]s and a token of each sentence
+        at_least("vocab_size", self.vocab_size, MIN_VOCAB)
+        greater_than("lr", self.lr, 0)
 
 
 def penn_treebank(directory: Path) -> Path:
@@ -76,7 +85,8 @@ def run_demo(demo: DemoConfig) -> None:
     final = run_pretrain(
         PretrainArgs(data=out / "data", config=demo.config, max_length=demo.max_length, eval_batches=20),
         TrainConfig(out=out / "model", steps=demo.steps, batch_size=demo.batch_size, lr=demo.lr,
-                    warmup=0.05, eval_every=max(1, demo.steps // 4), log_every=20, seed=0),
+                    warmup=0.05, eval_every=max(1, demo.steps // 4), log_every=20, seed=0,
+                    overwrite=True),  # the demo starts afresh every time
     )
     losses = [r["loss"] for r in _rows(out / "model") if r["split"] == "train"]
     print(f"training loss: {losses[0]:.2f} -> {losses[-1]:.2f}; held-out MLM accuracy "

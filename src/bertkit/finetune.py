@@ -13,7 +13,7 @@ import dataclasses
 import json
 import math
 import sys
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -23,7 +23,9 @@ from bertkit import distributed
 from bertkit.config import BertConfig
 from bertkit.distributed import World
 from bertkit.errors import InputError
-from bertkit.tasks import DataOptions, Task, make_task, task_for_architecture
+from bertkit.fileio import write_text_atomically
+from bertkit.options import at_least, check_choices, choices, greater_than
+from bertkit.tasks import TASKS, DataOptions, Task, make_task, task_for_architecture
 from bertkit.tasks.base import BadInput, FeatureBatches, Featurized, model_outputs
 
 SETTINGS_KEY = "bertkit"  # config.json entry with the task and its DataOptions
@@ -33,7 +35,7 @@ SETTINGS_KEY = "bertkit"  # config.json entry with the task and its DataOptions
 class FinetuneArgs:
     """What `bertkit finetune` needs beyond the training loop's and the data's settings."""
 
-    task: str
+    task: str = field(metadata=choices(TASKS))
     """classify, tag, qa or choice."""
     model: str
     """Checkpoint to start from: a BERT from `bertkit pretrain`, a published one, or a fine-tuned one."""
@@ -48,6 +50,11 @@ class FinetuneArgs:
     random_init: bool = False
     """Re-initialise every weight of --model, keeping only its architecture and vocabulary: the
     from-scratch baseline that shows what pretraining is worth."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        greater_than("epochs", self.epochs, 0)
+        at_least("eval_batch_size", self.eval_batch_size, 1)
 
 
 @dataclass
@@ -89,22 +96,23 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config) -> dict
     """`bertkit finetune`: returns the best (or last) dev metrics."""
     from bertkit.heads import HEADS
     from bertkit.tokenizer import Tokenizer
-    from bertkit.train import best_evaluation, fit
+    from bertkit.train import adapt_to_checkpoint, best_evaluation, fit, start_run
 
     world = distributed.init()
     try:
+        start_run(train_config, world)  # before any reading: a refused --out costs nothing
+        train_config = adapt_to_checkpoint(train_config, world)
         device = distributed.device_for(world)
         say = print if world.is_main else (lambda *a, **k: None)
         task = make_task(args.task, options)
+        base = BertConfig.load(args.model)
+        _check_length(options.max_length, base)
         tokenizer = Tokenizer.from_pretrained(args.model)
         bad = BadInput(options.skip_bad_lines)
         train_examples = task.read(args.train, bad)
         dev_examples = task.read(args.dev, bad) if args.dev else []
         labels = task.label_names(train_examples)
-
-        base = BertConfig.load(args.model)
         changes = task.configure(base, labels)
-        _check_length(options.max_length, base)
         same_head = (base.architectures or [None])[0] == task.architecture and \
             base.id2label == changes.get("id2label", base.id2label)
         torch.manual_seed(train_config.seed)  # the same new head on every process
@@ -147,7 +155,7 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config) -> dict
             if best:
                 shown = ", ".join(f"{k} {v:.4f}" for k, v in result.items() if k != "step")
                 say(f"best dev {config.best_metric} at step {best['step']}: {shown}")
-                (config.out / "dev_metrics.json").write_text(json.dumps(result, indent=2) + "\n")
+                write_text_atomically(config.out / "dev_metrics.json", json.dumps(result, indent=2) + "\n")
             say(f"saved the fine-tuned model to {config.out}", flush=True)
         return result
     finally:
@@ -272,8 +280,6 @@ def run_predict(model_dir: str, source: str, output: str, overrides: dict[str, A
     if output == "-":
         sys.stdout.write(text)
     else:
-        from bertkit.fileio import write_text_atomically
-
         write_text_atomically(Path(output), text)
         print(f"wrote {len(lines):,} predictions to {output}", file=sys.stderr)
     return len(lines)
@@ -282,15 +288,15 @@ def run_predict(model_dir: str, source: str, output: str, overrides: dict[str, A
 def read_inputs(task: Task, source: str, bad: BadInput) -> list:
     """A task file (CSV/TSV/JSONL, CoNLL, SQuAD JSON) read without requiring labels, or plain text
     (a file or '-'): one input per line, JSON objects where a line starts with '{'."""
-    path = Path(source)
-    if source != "-" and path.suffix.lower() in task.file_suffixes:
-        return task.read(path, bad, labelled=False)
+    from bertkit.fileio import check_input_file
+
     if source == "-":
         data, name = sys.stdin.buffer.read(), "<stdin>"
-    elif path.is_file():
-        data, name = path.read_bytes(), source
     else:
-        raise InputError(f"{source}: no such file")
+        path = check_input_file(source)
+        if path.suffix.lower() in task.file_suffixes:
+            return task.read(path, bad, labelled=False)
+        data, name = path.read_bytes(), source
     inputs = []
     for number, raw in enumerate(data.split(b"\n"), start=1):
         try:

@@ -6,7 +6,7 @@ positions, about 15% of tokens, rather than at every token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -16,6 +16,7 @@ from torch import Tensor, nn
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError, InputError
 from bertkit.heads import IGNORE, BertForMaskedLM, BertForPreTraining
+from bertkit.options import at_least, check_choices, choices, in_range, model_spec
 from bertkit.train import StepSums
 
 OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop")
@@ -109,7 +110,7 @@ class PretrainArgs:
     """Directory written by `bertkit prepare`."""
     config: str = "mini"
     """Model size: tiny, mini, small, medium, base, large, or a config.json."""
-    objective: str = "mlm+nsp"
+    objective: str = field(default="mlm+nsp", metadata=choices(OBJECTIVES))
     """mlm, mlm+nsp (next sentence prediction) or mlm+sop (sentence order prediction)."""
     max_length: int = 128
     """Tokens per sequence, [CLS] and [SEP]s included."""
@@ -123,6 +124,14 @@ class PretrainArgs:
     """Start from this checkpoint (continued pretraining) instead of random weights."""
     eval_batches: int = 50
     """Cap on validation batches per evaluation (0: all)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        model_spec("config", self.config)
+        at_least("max_length", self.max_length, 3 if self.objective == "mlm" else 5)  # specials + 1 (or 2) tokens
+        in_range("mask_rate", self.mask_rate, 0, 1, low_open=True, high_open=True)
+        in_range("short_seq_prob", self.short_seq_prob, 0, 1)
+        at_least("eval_batches", self.eval_batches, 0)
 
 
 def guard_not_empty(num_batches: int, what: str) -> None:
@@ -171,10 +180,12 @@ def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
     from bertkit.data.pretraining import PretrainingBatches, PretrainingConfig
     from bertkit.data.shards import load_prepared
     from bertkit.model import num_parameters
-    from bertkit.train import evaluate_sums, fit, use_bf16
+    from bertkit.train import adapt_to_checkpoint, evaluate_sums, fit, start_run, use_bf16
 
     world = distributed.init()
     try:
+        start_run(train_config, world)  # before any reading: a refused --out costs nothing
+        train_config = adapt_to_checkpoint(train_config, world)
         device = distributed.device_for(world)
         meta, train, valid, tok = load_prepared(args.data)
         data_config = PretrainingConfig(

@@ -18,22 +18,20 @@ from __future__ import annotations
 import contextlib
 import json
 import math
-import os
-import shutil
 import signal
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import NamedTuple, Protocol
 
 import torch
 from torch import Tensor, nn
 
-from bertkit import distributed
+from bertkit import distributed, runs
 from bertkit.distributed import World
 from bertkit.errors import BertkitError
-from bertkit.fileio import write_text_atomically
+from bertkit.options import PRECISIONS, SCHEDULES, choices
 
 
 @dataclass
@@ -52,7 +50,7 @@ class TrainConfig:
     """Peak learning rate."""
     warmup: float = 0.01
     """Warm-up steps; a value below 1 is a fraction of `steps`."""
-    schedule: str = "linear"
+    schedule: str = field(default="linear", metadata=choices(SCHEDULES))
     """Decay after warm-up: linear or cosine (to zero at the last step), or constant."""
     weight_decay: float = 0.01
     """AdamW weight decay, not applied to biases and LayerNorm weights."""
@@ -64,7 +62,7 @@ class TrainConfig:
     """AdamW epsilon (1e-6 as in the original BERT optimiser)."""
     max_grad_norm: float = 1.0
     """Clip the global gradient norm to this (0 turns clipping off)."""
-    precision: str = "auto"
+    precision: str = field(default="auto", metadata=choices(PRECISIONS))
     """fp32, bf16 (autocast), or auto: bf16 where the hardware supports it natively, else fp32."""
     compile: bool = False
     """Compile the model with torch.compile."""
@@ -84,8 +82,18 @@ class TrainConfig:
     """Stop after this many evaluations without a better best_metric (0: never stop early)."""
     resume: bool = False
     """Continue from the latest checkpoint in `out` if there is one."""
+    overwrite: bool = False
+    """Start afresh in an `out` that holds an earlier run, deleting its checkpoints and logs."""
     progress: bool = True
     """Show a progress bar (main process only)."""
+
+    def __post_init__(self) -> None:
+        from bertkit.options import check_train_config
+
+        self.out = Path(self.out)
+        check_train_config(self)
+        if self.best_metric:
+            lower_is_better(self.best_metric)  # an unknown metric is refused before any work
 
     def warmup_steps(self) -> int:
         return int(self.warmup * self.steps) if self.warmup < 1 else int(self.warmup)
@@ -127,6 +135,9 @@ class TrainState:
     step: int = 0
     position: Position = field(default_factory=Position)
     history: list[dict] = field(default_factory=list)
+    window: dict[str, float] = field(default_factory=dict)
+    """Metric sums of the steps since the last log row (kept across a resume, so rows match)."""
+    window_steps: int = 0
 
 
 # ---- small pure pieces ------------------------------------------------------------------------------
@@ -143,7 +154,7 @@ def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
         return 1.0 - progress
     if schedule == "cosine":
         return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise BertkitError(f"unknown schedule {schedule!r}; choose linear, cosine or constant")
+    raise BertkitError(f"unknown schedule {schedule!r}; choose {', '.join(SCHEDULES)}")
 
 
 def param_groups(model: nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
@@ -194,8 +205,8 @@ def bf16_supported(device: torch.device) -> bool:
 
 
 def use_bf16(precision: str, device: torch.device) -> bool:
-    if precision not in ("auto", "fp32", "bf16"):
-        raise BertkitError(f"unknown precision {precision!r}; choose auto, fp32 or bf16")
+    if precision not in PRECISIONS:
+        raise BertkitError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
     return precision == "bf16" or (precision == "auto" and bf16_supported(device))
 
 
@@ -218,8 +229,9 @@ def _add(into: dict[str, float], values: dict[str, float | Tensor]) -> None:
 
 
 def reduce_sums(sums: dict[str, float], world: World) -> dict[str, float]:
-    """Sum a dict of floats over all processes (every process must pass the same keys)."""
-    if not world.distributed or not sums:
+    """Sum a dict of floats over all processes. Every process must call it, with the same keys
+    (as in a training step); `gather_sums` is for dicts whose keys may differ by process."""
+    if not world.distributed:
         return dict(sums)
     keys = sorted(sums)
     t = torch.tensor([sums[k] for k in keys], dtype=torch.float64)
@@ -227,71 +239,107 @@ def reduce_sums(sums: dict[str, float], world: World) -> dict[str, float]:
     return dict(zip(keys, t.tolist()))
 
 
-# ---- checkpoints ------------------------------------------------------------------------------------
+def gather_sums(sums: dict[str, float], world: World) -> dict[str, float]:
+    """Sum dicts over all processes when some may lack keys, or be empty (a process with no
+    evaluation batch must still take part, or the others wait for it forever)."""
+    total: dict[str, float] = {}
+    for part in distributed.all_gather_objects(dict(sums), world):
+        _add(total, part)
+    return total
 
-CHECKPOINTS = "checkpoints"
-LATEST = "latest"
+
+# ---- checkpoints ------------------------------------------------------------------------------------
 
 
 def latest_checkpoint(out: Path) -> Path | None:
-    pointer = out / CHECKPOINTS / LATEST
-    if not pointer.is_file():
-        return None
-    directory = out / CHECKPOINTS / pointer.read_text().strip()
-    return directory if (directory / "trainer.pt").is_file() else None
+    return runs.latest_checkpoint(out)
 
 
 def save_checkpoint(objective: Objective, optimizer, scheduler, state: TrainState, config: TrainConfig,
                     world: World, *, tokenizer=None) -> Path | None:
-    """Write model + optimiser + schedule + RNG + data position; only the main process writes."""
+    """Write model + optimiser + schedule + RNG + data position; only the main process writes.
+
+    Called only between complete optimiser steps, so the weights always belong to `state.step`."""
     rng = distributed.all_gather_objects(torch.get_rng_state(), world)  # every rank's dropout stream
-    if not world.is_main:
-        distributed.barrier(world)
-        return None
-    root = config.out / CHECKPOINTS
-    root.mkdir(parents=True, exist_ok=True)
-    name = f"step-{state.step:08d}"
-    tmp = root / f".{name}.tmp-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    objective.model.save_pretrained(tmp, tokenizer=tokenizer)
-    torch.save(
-        {
+    windows = distributed.all_gather_objects(state.window, world)  # every rank's unlogged metric sums
+    path = None
+    if world.is_main:
+        trainer_state = {
             "step": state.step,
             "position": asdict(state.position),
+            "layout": {"batch_size": config.batch_size, "grad_accum": config.grad_accum,
+                       "world_size": world.world_size},
             "optimizer": optimizer.state_dict(),
             "scheduler": scheduler.state_dict(),
             "rng": rng,
             "history": state.history,
+            "windows": windows,
+            "window_steps": state.window_steps,
             "config": {k: str(v) for k, v in asdict(config).items()},
-        },
-        tmp / "trainer.pt",
-    )
-    final = root / name
-    shutil.rmtree(final, ignore_errors=True)
-    os.replace(tmp, final)
-    write_text_atomically(root / LATEST, name + "\n")
-    _prune(root, config.keep_checkpoints)
+        }
+        path = runs.write_checkpoint(config.out, state.step, objective.model, trainer_state,
+                                     tokenizer=tokenizer, keep=config.keep_checkpoints)
     distributed.barrier(world)
-    return final
+    return path
 
 
-def _prune(root: Path, keep: int) -> None:
-    steps = sorted(p for p in root.glob("step-*") if p.is_dir())
-    for old in steps[: max(0, len(steps) - max(1, keep))]:
-        shutil.rmtree(old, ignore_errors=True)
-
-
-def load_checkpoint(directory: Path, objective: Objective, optimizer, scheduler, world: World) -> TrainState:
+def load_checkpoint(directory: Path, objective: Objective, optimizer, scheduler, world: World,
+                    config: TrainConfig) -> TrainState:
+    """Restore a checkpoint; on another number of processes the data continues where it stopped
+    (in units of this run's micro-batches) and each rank starts a fresh dropout stream."""
     from bertkit.checkpoint import load_state_into
 
+    saved = runs.read_trainer_state(directory)
     load_state_into(objective.model, directory)
-    saved = torch.load(directory / "trainer.pt", map_location="cpu", weights_only=False)
-    optimizer.load_state_dict(saved["optimizer"])
-    scheduler.load_state_dict(saved["scheduler"])
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise BertkitError(f"{directory}: its optimiser state does not fit this model ({e})") from None
     rng = saved["rng"]
     if len(rng) == world.world_size:  # same number of processes: every rank continues its own stream
         torch.set_rng_state(rng[world.rank])
-    return TrainState(saved["step"], Position(**saved["position"]), saved.get("history", []))
+    else:
+        torch.manual_seed(config.seed + 1000 * (saved["step"] + 1) + world.rank)
+    epoch, index = runs.moved_position(saved, config.batch_size * world.world_size)
+    return TrainState(saved["step"], Position(epoch, index), list(saved.get("history", [])),
+                      _resumed_window(saved.get("windows", []), world), int(saved.get("window_steps", 0)))
+
+
+def _resumed_window(windows: list[dict], world: World) -> dict[str, float]:
+    """This rank's unlogged metric sums; on another number of processes the main one takes them all."""
+    if len(windows) == world.world_size:
+        return dict(windows[world.rank])
+    if not world.is_main or not windows:
+        return {}
+    total: dict[str, float] = {}
+    for w in windows:
+        _add(total, {k: v for k, v in w.items() if k != "grad_norm"})
+    if "grad_norm" in windows[0]:  # the same on every process
+        total["grad_norm"] = windows[0]["grad_norm"]
+    return total
+
+
+def adapt_to_checkpoint(config: TrainConfig, world: World) -> TrainConfig:
+    """With --resume on another number of processes: the batch layout that keeps the global batch."""
+    found = runs.latest_checkpoint(config.out) if config.resume else None
+    if found is None:
+        return config
+    saved = runs.read_trainer_state(found)
+    batch_size, grad_accum = runs.resume_layout(saved, batch_size=config.batch_size,
+                                                grad_accum=config.grad_accum, world_size=world.world_size)
+    if (batch_size, grad_accum) != (config.batch_size, config.grad_accum) and world.is_main:
+        print(f"resuming on {world.world_size} process(es): {grad_accum} accumulated micro-batch(es) of "
+              f"{batch_size} per process keep the global batch", flush=True)
+    return replace(config, batch_size=batch_size, grad_accum=grad_accum)
+
+
+def start_run(config: TrainConfig, world: World) -> None:
+    """Refuse to write over an earlier run unless told; --overwrite clears it (main process)."""
+    runs.check_run_directory(config.out, resume=config.resume, overwrite=config.overwrite)
+    if config.overwrite and not config.resume and world.is_main:
+        runs.clear_run(config.out)
+    distributed.barrier(world)
 
 
 # ---- logging ----------------------------------------------------------------------------------------
@@ -368,19 +416,33 @@ def plot_metrics(path: Path, out_png: Path) -> Path | None:
 # ---- the loop ---------------------------------------------------------------------------------------
 
 
-class _Interrupted(Exception):
-    pass
+class StopRequest:
+    """SIGINT/SIGTERM only set a flag; the loop looks at it between complete optimiser steps, so a
+    checkpoint never holds weights of a half-done step. A second signal stops at once (the last
+    checkpoint written stays intact)."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def agreed(self, world: World) -> bool:
+        """Whether any process was signalled: every process must stop after the same step."""
+        if not world.distributed:
+            return self.signal is not None
+        flag = torch.tensor([1.0 if self.signal else 0.0], dtype=torch.float64)
+        return bool(distributed.all_reduce_sum(flag, world).item() > 0)
 
 
 @contextlib.contextmanager
 def _stop_on_signals():
-    """SIGINT/SIGTERM raise _Interrupted at a safe point, so a checkpoint can be written first."""
-    def handler(signum, frame):
-        raise _Interrupted(signal.Signals(signum).name)
-
-    old = {s: signal.signal(s, handler) for s in (signal.SIGINT, signal.SIGTERM)}
+    stop = StopRequest()
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
     try:
-        yield
+        yield stop
     finally:
         for s, h in old.items():
             signal.signal(s, h)
@@ -392,6 +454,18 @@ def _progress_bar(config: TrainConfig, world: World, start: int):
     from tqdm import tqdm
 
     return tqdm(total=config.steps, initial=start, desc="train", unit="step", dynamic_ncols=True)
+
+
+def _optimizer(objective: Objective, config: TrainConfig):
+    groups = param_groups(objective.model, config.weight_decay, config.layer_lr_decay)
+    for g in groups:
+        g["lr"] = config.lr * g["lr_scale"]
+    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
+    warmup = config.warmup_steps()
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda s: lr_factor(s, warmup=warmup, total=config.steps, schedule=config.schedule)
+    )
+    return optimizer, scheduler
 
 
 def fit(
@@ -407,22 +481,18 @@ def fit(
 
     `evaluate` is called on every process every eval_every steps and at the end; it returns
     metrics already reduced over processes. The final model (+ tokenizer) is saved to config.out.
+    SIGINT/SIGTERM stop after the current step with a checkpoint, then raise KeyboardInterrupt.
     """
     world = world or World()
+    start_run(config, world)
+    config = adapt_to_checkpoint(config, world)
     device = next(objective.model.parameters()).device
     bf16 = use_bf16(config.precision, device)
-    groups = param_groups(objective.model, config.weight_decay, config.layer_lr_decay)
-    for g in groups:
-        g["lr"] = config.lr * g["lr_scale"]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
-    warmup = config.warmup_steps()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup=warmup, total=config.steps, schedule=config.schedule)
-    )
+    optimizer, scheduler = _optimizer(objective, config)
     state = TrainState()
     found = latest_checkpoint(config.out) if config.resume else None
     if found is not None:
-        state = load_checkpoint(found, objective, optimizer, scheduler, world)
+        state = load_checkpoint(found, objective, optimizer, scheduler, world, config)
     else:
         torch.manual_seed(config.seed + world.rank)  # dropout streams differ by rank
     log = MetricsLog(config.out, world, resume_step=state.step if found else None)
@@ -439,12 +509,14 @@ def fit(
     def batches_in(epoch: int) -> int:
         return source.num_batches(epoch, config.batch_size, rank=world.rank, world_size=world.world_size)
 
+    def checkpoint() -> Path | None:
+        return save_checkpoint(objective, optimizer, scheduler, state, config, world, tokenizer=tokenizer)
+
     bar = _progress_bar(config, world, state.step)
-    window: dict[str, float] = {}
-    window_steps, window_start = 0, time.perf_counter()
-    try:
-        with _stop_on_signals():
-            while state.step < config.steps:
+    window_start = time.perf_counter()
+    with _stop_on_signals() as stop:
+        try:
+            while state.step < config.steps and not stop.agreed(world):
                 positions = next_positions(state.position, config.grad_accum, batches_in)
                 sums = _train_step(module, objective, source, positions, config, world, device, autocast)
                 optimizer.step()
@@ -452,41 +524,49 @@ def fit(
                 optimizer.zero_grad(set_to_none=True)
                 state.step += 1
                 state.position = Position(positions[-1].epoch, positions[-1].index + 1)
-                _add(window, sums)
-                window_steps += 1
+                _add(state.window, sums)
+                state.window_steps += 1
                 if state.step % config.log_every == 0 or state.step == config.steps:
-                    row = _log_row(objective, window, window_steps, world, state.step,
+                    row = _log_row(objective, state.window, state.window_steps, world, state.step,
                                    time.perf_counter() - window_start, max(scheduler.get_last_lr()))
                     row["epoch"] = state.position.epoch
                     log.write(row)
                     state.history.append(row)
                     if bar is not None:
                         bar.set_postfix(loss=f"{row['loss']:.3f}", tok_s=f"{row['tokens_per_s']:.0f}")
-                    window, window_steps, window_start = {}, 0, time.perf_counter()
+                    state.window, state.window_steps, window_start = {}, 0, time.perf_counter()
                 if bar is not None:
                     bar.update(1)
                 if evaluate is not None and config.eval_every and state.step % config.eval_every == 0 \
                         and state.step < config.steps:
-                    _evaluate(evaluate, objective, log, state, world)
-                    _keep_best(objective, state, config, world, tokenizer)
+                    _evaluate(evaluate, objective, log, state, world, bar)
+                    _keep_best(objective, state, config, world, tokenizer, bar)
                     if _should_stop(state, config, world):
                         break
                 if config.save_every and state.step % config.save_every == 0 and state.step < config.steps:
-                    save_checkpoint(objective, optimizer, scheduler, state, config, world, tokenizer=tokenizer)
-    except (_Interrupted, KeyboardInterrupt):
-        if bar is not None:
-            bar.close()
-        path = save_checkpoint(objective, optimizer, scheduler, state, config, world, tokenizer=tokenizer)
-        log.close()
-        if world.is_main:
-            print(f"\ninterrupted at step {state.step}; checkpoint saved to {path}; continue with --resume", flush=True)
-        raise KeyboardInterrupt from None
+                    checkpoint()
+            stopped = stop.agreed(world)
+        except KeyboardInterrupt:  # a second signal: stop mid-step, leaving the last checkpoint as it is
+            log.close()
+            if world.is_main:
+                print(f"\nstopped during step {state.step + 1}; the last checkpoint is "
+                      f"{latest_checkpoint(config.out)}; continue with --resume", flush=True)
+            raise
+        if stopped:
+            if bar is not None:
+                bar.close()
+            path = checkpoint()
+            log.close()
+            if world.is_main:
+                print(f"\ninterrupted ({stop.signal or 'another process'}) at step {state.step}; checkpoint "
+                      f"saved to {path}; continue with --resume", flush=True)
+            raise KeyboardInterrupt
     if bar is not None:
         bar.close()
     if evaluate is not None and _last_evaluated(state) != state.step:
-        _evaluate(evaluate, objective, log, state, world)
+        _evaluate(evaluate, objective, log, state, world, None)
         _keep_best(objective, state, config, world, tokenizer)
-    save_checkpoint(objective, optimizer, scheduler, state, config, world, tokenizer=tokenizer)
+    checkpoint()
     if config.best_metric and (config.out / BEST).is_dir():
         from bertkit.checkpoint import load_state_into
 
@@ -504,8 +584,27 @@ def fit(
 BEST = "best"
 
 
+# Every metric bertkit reports, with the direction that is better. A metric not listed here cannot
+# pick the best model: guessing a direction kept the worst model for `mse` once.
+HIGHER_IS_BETTER = frozenset({
+    "accuracy", "f1", "macro_f1", "micro_f1", "mcc", "precision", "recall",  # classify, tag
+    "pearson", "spearman",  # regression
+    "exact_match", "has_answer_exact_match", "has_answer_f1", "no_answer_exact_match", "no_answer_f1",
+    "best_f1", "position_accuracy",  # qa
+    "mlm_accuracy", "nsp_accuracy",  # pretraining
+})
+LOWER_IS_BETTER = frozenset({"loss", "mlm_loss", "nsp_loss", "perplexity", "mse"})
+PER_TYPE_PREFIX = "f1_"  # entity F1 per type (f1_PER, f1_LOC, ...): higher is better
+
+
 def lower_is_better(metric: str) -> bool:
-    return "loss" in metric or metric == "perplexity"
+    if metric in LOWER_IS_BETTER:
+        return True
+    if metric in HIGHER_IS_BETTER or metric.startswith(PER_TYPE_PREFIX):
+        return False
+    known = ", ".join(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER))
+    raise BertkitError(f"--best-metric {metric}: not a metric that can pick the best model; choose one of "
+                       f"{known}, or f1_TYPE for an entity type")
 
 
 def best_evaluation(history: list[dict], metric: str) -> dict | None:
@@ -514,7 +613,11 @@ def best_evaluation(history: list[dict], metric: str) -> dict | None:
     if not rows:
         return None
     sign = -1.0 if lower_is_better(metric) else 1.0
-    return max(rows, key=lambda r: (sign * r[metric], -r["step"]))
+
+    def score(r: dict) -> float:  # an undefined value (a correlation of constants is NaN) is the worst
+        return -math.inf if math.isnan(r[metric]) else sign * r[metric]
+
+    return max(rows, key=lambda r: (score(r), -r["step"]))
 
 
 def evaluations_since_best(history: list[dict], metric: str) -> int:
@@ -528,7 +631,7 @@ def _last_evaluated(state: TrainState) -> int | None:
     return next((r["step"] for r in reversed(state.history) if r.get("split") == "valid"), None)
 
 
-def _keep_best(objective, state: TrainState, config: TrainConfig, world: World, tokenizer) -> None:
+def _keep_best(objective, state: TrainState, config: TrainConfig, world: World, tokenizer, bar=None) -> None:
     """Save the model to out/best when the latest evaluation is the best so far."""
     metric = config.best_metric
     if not metric:
@@ -539,7 +642,7 @@ def _keep_best(objective, state: TrainState, config: TrainConfig, world: World, 
         raise BertkitError(f"best metric {metric!r} is not among the validation metrics ({shown})")
     if best_evaluation(state.history, metric) is latest and world.is_main:
         objective.model.save_pretrained(config.out / BEST, tokenizer=tokenizer)
-        print(f"step {state.step}: new best {metric} {latest[metric]:.4g}, saved to {config.out / BEST}", flush=True)
+        _say(f"step {state.step}: new best {metric} {latest[metric]:.4g}, saved to {config.out / BEST}", bar)
     distributed.barrier(world)
 
 
@@ -593,7 +696,7 @@ def _log_row(objective, window, steps, world, step, seconds, lr) -> dict:
     return row
 
 
-def _evaluate(evaluate, objective, log: MetricsLog, state: TrainState, world: World) -> None:
+def _evaluate(evaluate, objective, log: MetricsLog, state: TrainState, world: World, bar) -> None:
     objective.model.eval()
     with torch.no_grad():
         metrics = evaluate()
@@ -603,7 +706,15 @@ def _evaluate(evaluate, objective, log: MetricsLog, state: TrainState, world: Wo
     state.history.append(row)
     if world.is_main:
         shown = ", ".join(f"{k} {v:.4g}" for k, v in metrics.items())
-        print(f"step {state.step}: valid {shown}", flush=True)
+        _say(f"step {state.step}: valid {shown}", bar)
+
+
+def _say(line: str, bar) -> None:
+    """A line of its own, above the progress bar when there is one (a plain print glues onto it)."""
+    if bar is not None:
+        bar.write(line)
+    else:
+        print(line, flush=True)
 
 
 def evaluate_sums(objective: Objective, source: BatchSource, batch_size: int, world: World,
@@ -620,7 +731,7 @@ def evaluate_sums(objective: Objective, source: BatchSource, batch_size: int, wo
         _add(sums, {f"n_{k}": v for k, v in objective.counts(batch).items()})
         _add(sums, {f"loss_{k}": v for k, v in out.losses.items()})
         _add(sums, out.metrics)
-    return objective.summarize(reduce_sums(sums, world))
+    return objective.summarize(gather_sums(sums, world))
 
 
 def iter_rows(path: Path) -> Iterator[dict]:

@@ -17,7 +17,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,6 +28,7 @@ from torch import Tensor, nn
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
 from bertkit.heads import IGNORE
+from bertkit.options import LONG_TEXT, at_least, check_choices, choices, finite, integer, not_empty
 
 log = logging.getLogger("bertkit")
 
@@ -55,7 +56,7 @@ class DataOptions:
     """The label is a number to predict (e.g. a similarity score), not a class."""
     max_length: int = 128
     """Tokens per sequence, [CLS] and [SEP]s included."""
-    long_text: str = "truncate"
+    long_text: str = field(default="truncate", metadata=choices(LONG_TEXT))
     """Inputs longer than max_length: truncate, or window (overlapping windows, predictions combined)."""
     stride: int = 32
     """Tokens of overlap between consecutive windows (--long-text window, and QA contexts)."""
@@ -64,6 +65,15 @@ class DataOptions:
     no_answer_threshold: float | None = None
     """QA: answer nothing when the [CLS] score beats the best span's by more than this (SQuAD 2.0);
     default: 0.0 when the training data has unanswerable questions, else always answer (SQuAD 1.1)."""
+
+    def __post_init__(self) -> None:
+        check_choices(self)
+        integer("tag_column", self.tag_column)
+        not_empty("label_separator", self.label_separator)
+        at_least("max_length", self.max_length, 5)  # [CLS], two [SEP]s and a token of each text
+        at_least("stride", self.stride, 0)
+        if self.no_answer_threshold is not None:
+            finite("no_answer_threshold", self.no_answer_threshold)
 
 
 # ---- bad input ---------------------------------------------------------------------------------------
