@@ -2,13 +2,14 @@
 
 import json
 import logging
+import os
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from bertkit import BertForPreTraining, BertForSequenceClassification, BertModel, CheckpointError
-from bertkit.checkpoint import from_standard, to_standard
+from bertkit import BertForPreTraining, BertForSequenceClassification, BertModel, CheckpointError, Tokenizer
+from bertkit.checkpoint import check_vocab_fits, from_standard, to_standard
 from tests.conftest import random_batch, tiny_config
 
 
@@ -145,7 +146,7 @@ def test_wrong_shapes(saved):
     [
         (lambda d: d / "nope", "no such file or directory"),
         (lambda d: d, "not a BERT checkpoint directory"),
-        (lambda d: (d / "f.txt").write_text("x") and d / "f.txt", "not a directory"),
+        (lambda d: (d / "f.txt").write_text("x") and d / "f.txt", "f.txt is a file; --model takes the checkpoint folder"),
     ],
 )
 def test_paths_that_are_not_checkpoints(tmp_path, make, message):
@@ -159,8 +160,167 @@ def test_config_without_weights(tmp_path):
         BertModel.from_pretrained(tmp_path)
 
 
-def test_save_is_atomic_and_leaves_no_temporary_files(saved):
+def _one_line_error(directory, match):
+    with pytest.raises(CheckpointError, match=match) as e:
+        BertModel.from_pretrained(directory)
+    assert "\n" not in str(e.value)
+    return str(e.value)
+
+
+def test_vocab_larger_than_the_embedding_table(saved, minilm_dir):
+    directory, _ = saved  # vocab_size=99
+    (directory / "vocab.txt").write_text((minilm_dir / "vocab.txt").read_text(encoding="utf-8"), encoding="utf-8")
+    message = _one_line_error(directory, "vocab.txt: the vocabulary has 30522 tokens but config.json says vocab_size=99")
+    assert "ids 99..30521 have no embedding" in message
+    (directory / "vocab.txt").write_text("".join(f"t{i}\n" for i in range(99)))  # exactly as many: fine
+    BertModel.from_pretrained(directory)
+
+
+def test_check_vocab_fits_takes_a_tokenizer(minilm_dir):
+    tokenizer = Tokenizer.from_pretrained(minilm_dir)
+    check_vocab_fits(tiny_config(vocab_size=30522), tokenizer, minilm_dir)
+    check_vocab_fits(tiny_config(vocab_size=30528), tokenizer, minilm_dir)  # padded tables are common
+    with pytest.raises(CheckpointError, match=r"30522 tokens but config.json says vocab_size=30000"):
+        check_vocab_fits(tiny_config(vocab_size=30000), tokenizer, minilm_dir)
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "config.json", "vocab.txt"])
+def test_a_file_of_the_checkpoint_instead_of_its_folder(saved, name):
+    directory, _ = saved
+    (directory / "vocab.txt").write_text("[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\n")
+    message = _one_line_error(directory / name, "is a file; --model takes the checkpoint folder")
+    assert message == f"{directory / name} is a file; --model takes the checkpoint folder ({directory})"
+
+
+def test_a_folder_where_a_file_belongs_is_a_directory(saved, tmp_path):
+    directory, _ = saved
+    (directory / "model.safetensors").unlink()
+    (directory / "model.safetensors").mkdir()
+    _one_line_error(directory, "model.safetensors: is a directory, expected a weights file")
+    (tmp_path / "c").mkdir()
+    (tmp_path / "c" / "config.json").mkdir()
+    _one_line_error(tmp_path / "c", "config.json: is a directory")
+
+
+@pytest.mark.parametrize("name", ["model.safetensors", "pytorch_model.bin"])
+def test_empty_weights_file(saved, name):
+    directory, _ = saved
+    (directory / "model.safetensors").unlink()
+    (directory / name).write_bytes(b"")
+    _one_line_error(directory, rf"{name}: empty weights file \(0 bytes")
+
+
+def test_truncated_and_garbage_pytorch_bin(saved):
+    directory, _ = saved
+    state = load_file(directory / "model.safetensors")
+    (directory / "model.safetensors").unlink()
+    torch.save(state, directory / "pytorch_model.bin")
+    data = (directory / "pytorch_model.bin").read_bytes()
+    (directory / "pytorch_model.bin").write_bytes(data[: len(data) // 2])
+    _one_line_error(directory, "pytorch_model.bin: cannot read weights, the file is truncated or corrupt")
+    (directory / "pytorch_model.bin").write_bytes(b"\x00not a pickle at all" * 10)
+    _one_line_error(directory, "pytorch_model.bin: cannot read weights")
+
+
+def test_garbage_safetensors(saved):
+    directory, _ = saved
+    (directory / "model.safetensors").write_bytes(b"PK\x03\x04" + bytes(2000))
+    _one_line_error(directory, "model.safetensors: cannot read weights, the file is truncated or corrupt")
+
+
+def test_wrong_tensor_shapes_in_the_file(saved):
+    directory, _ = saved
+    state = load_file(directory / "model.safetensors")
+    state["encoder.layer.1.output.dense.weight"] = torch.zeros(32, 36)  # config: intermediate_size 37
+    save_file(state, directory / "model.safetensors")
+    _one_line_error(directory, r"encoder.layer.1.output.dense.weight has shape \(32, 36\) but config.json implies \(32, 37\)")
+
+
+@pytest.mark.parametrize(
+    "weight_map, message",
+    [
+        ({"x": "/etc/passwd"}, "'/etc/passwd' is not a weight file in the checkpoint folder"),
+        ({"x": "../other/model.safetensors"}, "is not a weight file in the checkpoint folder"),
+        ({"x": "model.safetensors.index.json"}, "is not a weight file in the checkpoint folder"),  # itself: no loop
+        (["a.safetensors"], "not a weight index"),
+        ({"x": 3}, "not a weight index"),
+    ],
+)
+def test_bad_weight_index(tmp_path, weight_map, message):
+    tiny_config().save(tmp_path)
+    (tmp_path / "model.safetensors.index.json").write_text(json.dumps({"weight_map": weight_map}))
+    _one_line_error(tmp_path, message)
+
+
+# ---- saving atomically ------------------------------------------------------------------------------
+
+
+def _files(directory):
+    return {p.name: p.read_bytes() for p in directory.iterdir()}
+
+
+def _other_model():
+    torch.manual_seed(1)
+    return BertModel(tiny_config()).eval()
+
+
+def test_save_over_a_checkpoint_leaves_no_temporary_files(saved):
     directory, model = saved
     model.save_pretrained(directory)  # over an existing checkpoint
-    assert not [p for p in directory.iterdir() if "tmp" in p.name]
+    assert sorted(p.name for p in directory.iterdir()) == ["config.json", "model.safetensors"]
     _same(BertModel.from_pretrained(directory).eval(), model)
+
+
+def test_weights_get_the_same_permissions_as_the_other_files(saved):
+    directory, _ = saved
+    mode = (directory / "config.json").stat().st_mode & 0o777
+    assert (directory / "model.safetensors").stat().st_mode & 0o777 == mode
+
+
+def test_a_save_that_dies_midway_leaves_the_previous_checkpoint(saved, monkeypatch):
+    directory, model = saved
+    before = _files(directory)
+    import safetensors.torch
+
+    real_save = safetensors.torch.save_file
+
+    def dies_halfway(state, filename, metadata=None):  # writes part of the file, then the disk is full
+        real_save(state, filename, metadata=metadata)
+        with open(filename, "r+b") as f:
+            f.truncate(os.path.getsize(filename) // 2)
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(safetensors.torch, "save_file", dies_halfway)
+    with pytest.raises(OSError, match="No space left"):
+        _other_model().save_pretrained(directory)
+    monkeypatch.undo()
+    assert _files(directory) == before  # byte for byte, and nothing else beside them
+    _same(BertModel.from_pretrained(directory).eval(), model)
+
+
+def test_a_save_that_dies_at_the_rename_leaves_the_previous_checkpoint(saved, monkeypatch):
+    directory, model = saved
+    before = _files(directory)
+
+    def no_rename(src, dst):
+        raise OSError(5, "Input/output error")
+
+    monkeypatch.setattr(os, "replace", no_rename)
+    with pytest.raises(OSError, match="Input/output error"):
+        _other_model().save_pretrained(directory)
+    monkeypatch.undo()
+    assert _files(directory) == before
+    _same(BertModel.from_pretrained(directory).eval(), model)
+
+
+def test_a_killed_save_leaves_nothing_that_passes_for_weights(saved, tmp_path):
+    """A process killed mid-write cannot clean up: its temporary file stays, and is never read."""
+    directory, model = saved
+    partial = (directory / "model.safetensors").read_bytes()[:500]
+    (directory / ".tmp-model.safetensors-999-abcdef12").write_bytes(partial)  # what save_pretrained writes into
+    _same(BertModel.from_pretrained(directory).eval(), model)
+    first = tmp_path / "first"  # a first save killed before its rename: no weights at all, not broken ones
+    first.mkdir()
+    tiny_config().save(first)
+    (first / ".tmp-model.safetensors-999-abcdef12").write_bytes(partial)
+    _one_line_error(first, "no weights found")

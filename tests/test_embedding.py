@@ -1,5 +1,7 @@
 """Sentence embeddings: parity with a transformers-based mean pooling, order, shapes, bad input."""
 
+import warnings
+
 import numpy as np
 import pytest
 import torch
@@ -72,3 +74,26 @@ def test_helpers_by_hand():
     assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     torch.testing.assert_close(mean_pool(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
+
+
+def test_a_huge_line_is_embedded_from_its_first_pieces_only(embedder, monkeypatch):
+    import bertkit.tokenizer as tokenizer_module
+
+    seen: list[int] = []  # characters of every text that reaches the tokenizer's engine
+    real = tokenizer_module._encode
+
+    def spy(engine, inputs, **options):
+        seen.extend(len(x) for x in inputs)
+        return real(engine, inputs, **options)
+
+    monkeypatch.setattr(tokenizer_module, "_encode", spy)
+    huge = "A man is playing a guitar on stage, and the crowd sings along. " * 80_000  # 5 MB
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        got = embedder([huge, "hello"], batch_size=1)
+    assert sum(seen) < 20_000
+    assert [str(w.message) for w in caught] == ["1 of 2 inputs truncated to max_length=512 tokens"]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        expected = embedder([huge[:20_000], "hello"], batch_size=1)  # the same first 512 tokens
+    np.testing.assert_allclose(got, expected, atol=1e-6)

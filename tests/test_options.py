@@ -109,6 +109,8 @@ def test_check_train_config(changes, message):
         (lambda: DataOptions(long_text="windows"), "--long-text must be one of truncate, window; got 'windows'"),
         (lambda: DataOptions(max_length=2), "--max-length must be at least 5, got 2"),
         (lambda: DataOptions(stride=-1), "--stride must be at least 0, got -1"),
+        (lambda: DataOptions(max_length=16, long_text="window", stride=16),
+         "--stride 16 must be less than --max-length 16 minus 2"),
         (lambda: DataOptions(label_separator=""), "--label-separator must be a non-empty string"),
         (lambda: DataOptions(tag_column="2"), "--tag-column must be an integer"),
         (lambda: DataOptions(no_answer_threshold=float("nan")), "--no-answer-threshold must be a finite number"),
@@ -126,7 +128,7 @@ def test_configs_check_their_fields_for_api_users_too(make, message):
 def test_good_configs_pass():
     PretrainArgs(data=Path("d"), objective="mlm", max_length=3)
     FinetuneArgs(task="qa", model="m", train=Path("t"), epochs=0.5)
-    dataclasses.replace(DataOptions(max_length=16, long_text="window"), stride=0)
+    dataclasses.replace(DataOptions(max_length=16, long_text="window", stride=13), stride=0)
     DemoConfig()
 
 

@@ -222,3 +222,48 @@ def test_one_process_run_resumes_on_two_processes(prepared, tmp_path):
     [result] = _torchrun(["--nproc_per_node", "2"],
                          _pretrain_args(prepared, three, "--steps", "6", "--batch-size", "3", "--resume"))
     assert result.returncode != 0 and "use --batch-size 4" in result.stderr
+
+
+def _children(pid):
+    try:
+        return [int(c) for c in open(f"/proc/{pid}/task/{pid}/children").read().split()]
+    except OSError:
+        return []
+
+
+def _rank_of(pid):
+    try:
+        env = open(f"/proc/{pid}/environ", "rb").read().split(b"\0")
+    except OSError:
+        return None
+    found = [e.split(b"=", 1)[1] for e in env if e.startswith(b"RANK=")]
+    return int(found[0]) if found else None
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="gloo and /proc on Linux")
+def test_a_signal_to_one_process_stops_every_process_at_the_same_step(prepared, tmp_path):
+    import signal
+    import time
+
+    out = tmp_path / "run"
+    env = dict(os.environ, OMP_NUM_THREADS="1")
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(_free_port()), "-m", "bertkit",
+           *_pretrain_args(prepared, out, "--steps", "100000", "--batch-size", "4", "--save-every", "5")]
+    launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    try:
+        deadline = time.time() + 120
+        while not (out / "checkpoints" / "latest").exists() and time.time() < deadline:
+            time.sleep(0.05)
+        rank1 = [p for p in _children(launcher.pid) if _rank_of(p) == 1]
+        assert rank1, "no worker of rank 1 found"
+        os.kill(rank1[0], signal.SIGTERM)  # only rank 1 is told
+        stdout, stderr = launcher.communicate(timeout=120)
+    finally:
+        launcher.kill()
+    assert "interrupted (another process) at step" in stdout, stderr[-2000:]
+    step = int(stdout.split("interrupted (another process) at step ")[1].split(";")[0])
+    from bertkit.runs import latest_checkpoint
+
+    assert latest_checkpoint(out).name == f"step-{step:08d}"  # both stopped after the same complete step
+    assert max(r["step"] for r in _rows(out)) <= step

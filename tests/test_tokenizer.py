@@ -6,14 +6,16 @@ import importlib.resources
 import json
 import random
 import warnings
+from array import array
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
 
+import bertkit.tokenizer as tokenizer_module
 from bertkit.errors import CheckpointError, InputError
-from bertkit.tokenizer import SPECIAL_TOKENS, Tokenizer
+from bertkit.tokenizer import SPECIAL_TOKENS, Spans, Tokenizer
 
 transformers = pytest.importorskip("transformers")
 
@@ -447,3 +449,189 @@ def test_bad_vocab_dict():
         Tokenizer({"[PAD]": 0, "[UNK]": 5})
     with pytest.raises(InputError, match=r"no \[CLS\] token"):
         Tokenizer({"[PAD]": 0, "[UNK]": 1})
+
+
+# ------------------------------------------------------------------------------ long texts
+
+RUNS = [" " * 300, "\x00" * 40, "\x00" * 90, "\n" * 70, "中文汉字" * 60, "a" * 400, "[MASK]", "x[MASK]y", "[MA", "e\u0301\u0323\u0301",
+        "\u3000" * 20, "👨\u200d👩\u200d👧" * 5, "\t\n\r" * 10, "Ångström" * 30, "😀" * 50, "한국어" * 20]
+
+
+def long_texts(n: int, seed: int) -> list[str]:
+    """``n`` texts of 200 to 2,500 characters: the generated mixture with long runs in it — whitespace,
+    control characters, Chinese without spaces, a word of 400 letters, special tokens whole and cut,
+    combining accents, emoji, Hangul (which NFD expands)."""
+    rng = random.Random(seed)
+    texts = []
+    for _ in range(n):
+        parts: list[str] = []
+        size = rng.randint(200, 2500)
+        while sum(map(len, parts)) < size:
+            parts.append(rng.choice(RUNS) if rng.random() < 0.15 else rng.choice(rng.choice(POOLS)))
+            parts.append(rng.choice([" ", "", " ", rng.choice(SPACES), rng.choice(CONTROL)]))
+        texts.append("".join(parts))
+    return texts
+
+
+LONG_TEXTS = long_texts(30, seed=7)
+
+
+@pytest.fixture
+def small_chunks(monkeypatch):
+    """Chunks of 50 characters (7 words) and a first guess of one character a piece, so that every
+    long-text path runs, many times over, on texts short enough to check against the whole."""
+    monkeypatch.setattr(tokenizer_module, "CHUNK_CHARS", 50)
+    monkeypatch.setattr(tokenizer_module, "CHARS_PER_PIECE", 1)
+    monkeypatch.setattr(tokenizer_module, "WORDS_PER_CHUNK", 7)
+
+
+def whole(tokenizer: Tokenizer, text, **options):
+    """The engine's pieces of the whole text at once: what chunking must reproduce."""
+    return tokenizer._engine.encode(text, add_special_tokens=False, **options)
+
+
+def engine_spy(monkeypatch) -> list[int]:
+    """Characters of every text that reaches the engine, in order."""
+    seen: list[int] = []
+    real = tokenizer_module._encode
+
+    def spy(engine, inputs, **options):
+        for item in inputs:
+            seen.append(len(item) if isinstance(item, str) else sum(len(t) for t in item))
+        return real(engine, inputs, **options)
+
+    monkeypatch.setattr(tokenizer_module, "_encode", spy)
+    return seen
+
+
+def longest_first(n_a: int, n_b: int, room: int) -> tuple[int, int]:
+    """Pieces kept of each text of a pair: the shorter keeps all it can, up to half; on a tie and for
+    an odd room the second text keeps the extra one (the engine's rule, checked against it below)."""
+    if n_a + n_b <= room:
+        return n_a, n_b
+    short, long_ = sorted((n_a, n_b))
+    kept_short = min(short, room // 2) if short > room - short else short
+    kept_long = room - kept_short
+    if n_a > n_b:
+        return kept_long, kept_short
+    return kept_short, kept_long
+
+
+@pytest.mark.parametrize("config", [None, *CONFIGS], ids=["default", *CONFIGS])
+def test_chunked_pieces_are_the_whole_texts_pieces(small_chunks, tok, config):
+    tokenizer = tok if config is None else Tokenizer.from_pretrained(MINILM, **CONFIGS[config][0])
+    for text, p in zip(LONG_TEXTS, tokenizer.pieces(LONG_TEXTS)):
+        expected = whole(tokenizer, text)
+        assert isinstance(p.offsets, Spans) and isinstance(p.word_ids, array)  # compact
+        assert all(a is b for a, b in zip(p.ids, p.ids[1:]) if a == b)  # one int object per id
+        assert list(p.ids) == expected.ids, text
+        assert list(p.offsets) == expected.offsets, text
+        assert list(p.word_ids) == expected.word_ids, text
+
+
+def test_chunks_cut_next_to_special_tokens_and_in_chinese(small_chunks, tok):
+    # Texts without whitespace, so that chunks end before their last two words; a chunk boundary
+    # falls on every character of "[MASK]" in turn.
+    texts = [prefix * k + "x[MASK]y" + "中文,ab" * 20 for prefix in ("中", "a,") for k in range(20, 45)]
+    for text, p in zip(texts, tok.pieces(texts)):
+        expected = whole(tok, text)
+        assert (list(p.ids), list(p.offsets), list(p.word_ids)) == (expected.ids, expected.offsets,
+                                                                    expected.word_ids), text
+
+
+def test_chunked_words_and_max_pieces(small_chunks, tok):
+    words = [w for text in LONG_TEXTS[:5] for w in text.split()] + ["", "\x00", "[MASK]"]
+    p = tok.pieces([words], split_into_words=True)[0]
+    expected = whole(tok, words, is_pretokenized=True)
+    assert (list(p.ids), list(p.offsets), list(p.word_ids)) == (expected.ids, expected.offsets, expected.word_ids)
+    for text, capped in zip(LONG_TEXTS, tok.pieces(LONG_TEXTS, max_pieces=20)):
+        ids = whole(tok, text).ids
+        assert len(capped.ids) > 20 or len(capped.ids) == len(ids)
+        assert list(capped.ids) == ids[:len(capped.ids)]  # a prefix of the whole text's pieces
+    with pytest.raises(InputError, match="max_pieces"):
+        tok.pieces(["a"], max_pieces=-1)
+
+
+@pytest.mark.parametrize("max_length", [5, 8, 17, 64])
+def test_truncating_long_texts_gives_what_truncating_the_whole_does(small_chunks, tok, max_length):
+    engine = tok._truncating_engine(max_length)
+    expected = engine.encode_batch(LONG_TEXTS)  # the whole texts (single texts: overflow stays linear)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        ours = tok(LONG_TEXTS, truncation=True, max_length=max_length, return_offsets_mapping=True)
+    for i, e in enumerate(expected):
+        assert ours["input_ids"][i] == e.ids and ours["offset_mapping"][i] == e.offsets, LONG_TEXTS[i]
+    truncated = sum(1 for e in expected if e.overflowing)
+    assert [str(w.message) for w in caught] == [f"{truncated} of 30 inputs truncated to max_length={max_length} tokens"]
+
+
+@pytest.mark.filterwarnings("ignore:.*truncated")
+@pytest.mark.parametrize("max_length", [5, 8, 17, 64])
+def test_truncating_long_pairs_gives_what_truncating_the_whole_does(small_chunks, tok, max_length):
+    texts = LONG_TEXTS
+    # Every other pair, and pairs whose piece counts tie or differ by one: the odd piece of an odd
+    # room goes to the longer text, which only counting to the end of the shorter one tells.
+    pairs = [*zip(texts, texts[1:]), *((t, t) for t in texts[:8]), *((t + " x", t) for t in texts[:8]),
+             *((t, t + " x") for t in texts[:8])]
+    ours = tok([a for a, _ in pairs], [b for _, b in pairs], truncation=True, max_length=max_length,
+               return_offsets_mapping=True)
+    for i, (a, b) in enumerate(pairs):
+        ea, eb = whole(tok, a), whole(tok, b)
+        n_a, n_b = longest_first(len(ea.ids), len(eb.ids), max_length - 3)
+        cls, sep = tok.cls_token_id, tok.sep_token_id
+        assert ours["input_ids"][i] == [cls, *ea.ids[:n_a], sep, *eb.ids[:n_b], sep], (a, b)
+        assert ours["token_type_ids"][i] == [0] * (n_a + 2) + [1] * (n_b + 1)
+        assert ours["offset_mapping"][i] == [(0, 0), *ea.offsets[:n_a], (0, 0), *eb.offsets[:n_b], (0, 0)]
+
+
+def test_longest_first_reference_is_the_engines_rule(tok):
+    engine = tok._truncating_engine(10)  # room 7: odd
+    for n_a in range(0, 12):
+        for n_b in range(0, 12):
+            e = engine.encode(" ".join(["a"] * n_a), " ".join(["b"] * n_b))
+            assert (e.type_ids.count(0) - 2, e.type_ids.count(1) - 1) == longest_first(n_a, n_b, 7), (n_a, n_b)
+
+
+def test_a_huge_text_is_tokenized_only_as_far_as_needed(tok, monkeypatch):
+    huge = "The quick brown fox, jumping over 3 lazy dogs! " * 110_000  # 5 MB
+    seen = engine_spy(monkeypatch)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        single = tok(huge, truncation=True, max_length=128, return_offsets_mapping=True)
+        pair = tok("what is it?", huge, truncation=True, max_length=128)
+    assert ["1 of 1 inputs truncated to max_length=128 tokens"] * 2 == [str(w.message) for w in caught]
+    capped = tok.pieces([huge, "short"], max_pieces=64)
+    assert sum(seen) < 30_000  # of 10 MB given
+    expected = tok._truncating_engine(128).encode(huge[:20_000])
+    assert single["input_ids"] == expected.ids and single["offset_mapping"] == expected.offsets
+    assert pair["token_type_ids"] == [0] * 6 + [1] * 122  # [CLS] what is it ? [SEP], then the huge text
+    assert list(capped[0].ids) == whole(tok, huge[:20_000]).ids[:len(capped[0].ids)] and len(capped[0].ids) > 64
+    assert capped[1].ids == [2460]
+    with pytest.raises(InputError, match=r"input 0 has more than max_length=512 tokens; pass truncation=True"):
+        tok([huge])
+    assert sum(seen) < 40_000
+
+
+def test_long_runs_of_spaces_or_control_characters_are_not_given_whole(tok, monkeypatch):
+    seen = engine_spy(monkeypatch)
+    a = "hello" + " " * 3_000_000 + "wor\x00" + "\x00" * 1_000_000 + "ld"  # "\x00" is dropped: "world"
+    b = "\n" * 200_000 + "[MASK] b"
+    enc = tok([a, b], [b, a], truncation=True, max_length=16, return_offsets_mapping=True)
+    assert max(seen) <= 2 * tokenizer_module.CHUNK_CHARS  # each text a chunk at a time, squeezed at the end
+    assert enc["input_ids"][0] == [101, 7592, 2088, 102, 103, 1038, 102]
+    assert enc["token_type_ids"][0] == [0, 0, 0, 0, 1, 1, 1]
+    assert enc["offset_mapping"][0] == [(0, 0), (0, 5), (3_000_005, len(a)), (0, 0), (200_000, 200_006),
+                                        (200_007, 200_008), (0, 0)]
+    assert enc["offset_mapping"][1] == [(0, 0), (200_000, 200_006), (200_007, 200_008), (0, 0), (0, 5),
+                                        (3_000_005, len(a)), (0, 0)]
+    assert tok(a, return_offsets_mapping=True)["offset_mapping"] == [(0, 0), (0, 5), (3_000_005, len(a)), (0, 0)]
+
+
+def test_spans_read_like_a_list_of_tuples():
+    spans = Spans(array("i", [0, 3, 4, 9, 9, 12]))
+    assert len(spans) == 3 and spans[1] == (4, 9) and spans[-1] == (9, 12)
+    assert spans[:2] == [(0, 3), (4, 9)] and list(spans) == [(0, 3), (4, 9), (9, 12)]
+    assert (4, 9) in spans and spans.index((9, 12)) == 2
+    assert np.asarray(spans).tolist() == [[0, 3], [4, 9], [9, 12]]
+    with pytest.raises(IndexError):
+        spans[3]

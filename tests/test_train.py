@@ -294,7 +294,7 @@ def test_layer_wise_lr_decay_scales_by_depth(tmp_path):
     assert all(g["weight_decay"] == (0.01 if g["params"][0].ndim >= 2 else 0.0) for g in groups)
     assert sum(len(g["params"]) for g in groups) == len(named)
     # in the loop: each optimiser group's peak lr is lr × its scale
-    fit(objective, RandomSource(config), _config(tmp_path, steps=1, lr=1e-3, layer_lr_decay=0.5))
+    fit(objective, RandomSource(config), _config(tmp_path, steps=1, warmup=1, lr=1e-3, layer_lr_decay=0.5))
     from bertkit.runs import read_trainer_state
 
     saved = read_trainer_state(latest_checkpoint(tmp_path))["optimizer"]["param_groups"]

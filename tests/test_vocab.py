@@ -53,3 +53,19 @@ def test_chinese_vocabulary_keeps_every_character(tmp_path, capsys):
     assert main(["tokenizer", "train", str(corpus), "--vocab-size", "3000", "--limit-alphabet", "1000",
                  "--out", str(tmp_path / "small")]) == 0
     assert sum(c in Tokenizer.from_pretrained(tmp_path / "small").vocab for c in chars) == 1000
+
+
+@pytest.mark.parametrize("content", ["", "\n  \n\t\n\n"], ids=["empty", "blank-lines"])
+def test_a_corpus_without_text_is_refused_before_writing(tmp_path, capsys, content):
+    corpus = tmp_path / "c.txt"
+    corpus.write_text(content)
+    assert main(["tokenizer", "train", str(corpus), "--vocab-size", "100", "--out", str(tmp_path / "tok")]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"bertkit: error: {corpus}: no text to train a vocabulary on (")
+    assert not (tmp_path / "tok").exists()
+
+
+def test_a_directory_given_as_the_corpus_file_is_named(tmp_path, capsys):
+    (tmp_path / "texts").mkdir()
+    assert main(["tokenizer", "train", str(tmp_path / "texts"), "--out", str(tmp_path / "tok")]) == 2
+    assert capsys.readouterr().err.strip() == f"bertkit: error: {tmp_path / 'texts'}: directory contains no files"

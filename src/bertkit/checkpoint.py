@@ -15,21 +15,29 @@ from __future__ import annotations
 import json
 import logging
 import os
+import pickle
 import re
-import tempfile
+import stat
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import Tensor
 
 from bertkit.config import BertConfig
 from bertkit.errors import CheckpointError
+from bertkit.fileio import fsync_dir, temporary_name
 from bertkit.model import Pretrained
+
+if TYPE_CHECKING:
+    from bertkit.tokenizer import Tokenizer
 
 log = logging.getLogger("bertkit")
 
 WEIGHTS_NAME = "model.safetensors"
+VOCAB_NAME = "vocab.txt"
 WEIGHT_FILES = ("model.safetensors", "model.safetensors.index.json", "pytorch_model.bin", "pytorch_model.bin.index.json")
 
 # (our name, standard name); {i} stands for a layer number. Encoder names are relative to the
@@ -136,47 +144,98 @@ def _modernise(key: str) -> str:
 
 def find_weights(directory: Path) -> Path:
     for name in WEIGHT_FILES:
-        if (directory / name).is_file():
-            return directory / name
+        path = directory / name
+        if path.is_dir():
+            raise CheckpointError(f"{path}: is a directory, expected a weights file")
+        if path.is_file():
+            return path
     raise CheckpointError(
         f"{directory}: no weights found (expected one of {', '.join(WEIGHT_FILES)})"
     )
 
 
 def read_weights(path: Path) -> dict[str, Tensor]:
-    """All tensors of a weight file (or of the shards an index file lists), on the CPU."""
+    """All tensors of a weight file (or of the shards an index file lists), on the CPU.
+
+    Never runs code from the file: safetensors holds only tensors, and a pickle-based .bin goes
+    through PyTorch's weights-only unpickler, which refuses anything but tensors and containers."""
     if path.name.endswith(".index.json"):
         return _read_sharded(path)
-    try:
-        if path.suffix == ".safetensors":
-            from safetensors.torch import load_file
-
-            return load_file(str(path))
-        # weights_only: a pickle may hold arbitrary code; only tensors and plain containers are allowed.
-        state = torch.load(str(path), map_location="cpu", weights_only=True)
-    except Exception as e:  # the libraries raise many types for a truncated or corrupt file
-        raise CheckpointError(f"{path}: cannot read weights ({_first_line(e)})") from None
+    _check_not_empty(path)
+    if path.suffix == ".safetensors":
+        state = _read_safetensors(path)
+    else:
+        state = _read_pickled(path)
     if not isinstance(state, dict) or not all(isinstance(v, Tensor) for v in state.values()):
         raise CheckpointError(f"{path}: not a state dict of tensors")
     return state
 
 
-def _read_sharded(index: Path) -> dict[str, Tensor]:
+def _check_not_empty(path: Path) -> None:
     try:
-        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise CheckpointError(f"{index}: not a weight index ({_first_line(e)})") from None
+        size = path.stat().st_size
+    except OSError as e:
+        raise CheckpointError(f"{path}: cannot read weights ({e.strerror or e})") from None
+    if size == 0:
+        raise CheckpointError(f"{path}: empty weights file (0 bytes; an interrupted download or save?)")
+
+
+def _read_safetensors(path: Path) -> dict[str, Tensor]:
+    from safetensors.torch import load_file
+
+    try:
+        return load_file(str(path))
+    except Exception as e:  # noqa: BLE001 - the library raises several types for a truncated or corrupt file
+        raise CheckpointError(f"{path}: cannot read weights, the file is truncated or corrupt ({_first_line(e)})") from None
+
+
+def _read_pickled(path: Path) -> object:
+    try:
+        with warnings.catch_warnings():  # e.g. "Detected pickle protocol 4": noise for a user
+            warnings.simplefilter("ignore")
+            # weights_only: a pickle may hold arbitrary code; only tensors and plain containers are allowed.
+            return torch.load(str(path), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise CheckpointError(
+            f"{path}: cannot read weights, refused: the pickle holds objects other than tensors, "
+            "which could run code (re-save it as model.safetensors from a trusted source)"
+        ) from None
+    except Exception as e:  # noqa: BLE001 - torch raises RuntimeError, EOFError, ... for a damaged file
+        raise CheckpointError(f"{path}: cannot read weights, the file is truncated or corrupt ({_first_line(e)})") from None
+
+
+def _read_sharded(index: Path) -> dict[str, Tensor]:
+    weight_map = _read_weight_map(index)
     state: dict[str, Tensor] = {}
     for shard in sorted(set(weight_map.values())):
+        if (index.parent / shard).is_dir():
+            raise CheckpointError(f"{index}: shard {shard} is a directory, expected a weights file")
         if not (index.parent / shard).is_file():
             raise CheckpointError(f"{index}: shard {shard} is missing")
         state.update(read_weights(index.parent / shard))
     return state
 
 
-def _first_line(e: BaseException) -> str:
+def _read_weight_map(index: Path) -> dict[str, str]:
+    """The index's key -> shard file map; shards must be weight files beside the index."""
+    try:
+        weight_map = json.loads(index.read_text(encoding="utf-8"))["weight_map"]
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise CheckpointError(f"{index}: not a weight index ({_first_line(e)})") from None
+    if not isinstance(weight_map, dict) or not all(isinstance(v, str) for v in weight_map.values()):
+        raise CheckpointError(f"{index}: not a weight index (weight_map must map names to shard files)")
+    for shard in set(weight_map.values()):
+        if Path(shard).name != shard or shard in ("", ".", "..") or shard.endswith(".index.json"):
+            raise CheckpointError(f"{index}: shard {shard!r} is not a weight file in the checkpoint folder")
+    return weight_map
+
+
+def _first_line(e: BaseException, limit: int = 160) -> str:
+    """The first sentence of an exception's message, short enough for a one-line error."""
     text = str(e).strip().splitlines()
-    return text[0] if text else type(e).__name__
+    line = text[0] if text else type(e).__name__
+    line = line.split(". ")[0]
+    return line if len(line) <= limit else line[: limit - 3] + "..."
 
 
 # ---- loading into a model -------------------------------------------------------------------------
@@ -191,13 +250,18 @@ class LoadReport:
 
 
 def load_pretrained(cls: type[Pretrained], path: str | os.PathLike, *, with_head: bool = True,
-                    **config_changes) -> Pretrained:
+                    require: tuple[str, str] | None = None, **config_changes) -> Pretrained:
+    """`require=(prefix, what)`: refuse a checkpoint whose weights lack `prefix...` (e.g. an MLM head),
+    before anything is logged about initialising them."""
     directory = _checkpoint_dir(path)
     config = BertConfig.load(directory)
     if config_changes:
         config = config.replace(**config_changes)
+    check_vocab_file_fits(config, directory)
     model = cls(config)
     report = load_state_into(model, directory, with_head=with_head)
+    if require and any(k.startswith(require[0]) for k in report.missing):
+        raise CheckpointError(f"{directory}: the checkpoint has no {require[1]}")
     _log_report(report, cls, directory)
     model.load_report = report
     return model
@@ -229,10 +293,36 @@ def _checkpoint_dir(path: str | os.PathLike) -> Path:
     if not directory.exists():
         raise CheckpointError(f"{directory}: no such file or directory")
     if not directory.is_dir():
-        raise CheckpointError(f"{directory}: not a directory (a BERT checkpoint is a directory with config.json)")
+        folder = directory.parent if (directory.parent / "config.json").is_file() else "with config.json and weights"
+        raise CheckpointError(f"{directory} is a file; --model takes the checkpoint folder ({folder})")
+    if (directory / "config.json").is_dir():
+        raise CheckpointError(f"{directory / 'config.json'}: is a directory, expected the checkpoint's JSON config file")
     if not (directory / "config.json").is_file():
         raise CheckpointError(f"{directory}: not a BERT checkpoint directory (no config.json)")
     return directory
+
+
+def check_vocab_fits(config: BertConfig, tokenizer: Tokenizer | int, source: str | os.PathLike) -> None:
+    """Refuse a tokenizer whose ids reach past the model's embedding table (an IndexError later).
+
+    `tokenizer`: a Tokenizer or its vocabulary size; `source`: the file or folder to name."""
+    size = tokenizer if isinstance(tokenizer, int) else tokenizer.vocab_size
+    if size > config.vocab_size:
+        raise CheckpointError(
+            f"{source}: the vocabulary has {size} tokens but config.json says vocab_size={config.vocab_size}, "
+            f"so ids {config.vocab_size}..{size - 1} have no embedding (vocab.txt and config.json do not belong together)"
+        )
+
+
+def check_vocab_file_fits(config: BertConfig, directory: Path) -> None:
+    """check_vocab_fits for the vocab.txt beside config.json, if there is one (counted, not parsed)."""
+    path = directory / VOCAB_NAME
+    try:
+        data = path.read_bytes()
+    except OSError:  # absent or unreadable: the tokenizer's loader says so when it is needed
+        return
+    lines = data.count(b"\n") + (0 if not data or data.endswith(b"\n") else 1)  # as the tokenizer counts
+    check_vocab_fits(config, lines, path)
 
 
 def _check_vocab(config: BertConfig, encoder: dict[str, Tensor], path: Path) -> None:
@@ -270,22 +360,35 @@ def _log_report(report: LoadReport, cls: type, directory: Path) -> None:
 
 
 def save_pretrained(model: Pretrained, directory: str | os.PathLike, *, tokenizer=None) -> Path:
-    """Write config.json + model.safetensors (+ tokenizer files) in the standard layout, atomically."""
-    from safetensors.torch import save_file
+    """Write config.json + model.safetensors (+ tokenizer files) in the standard layout.
 
+    Each file is written atomically: a crash or a full disk leaves the previous file or the new
+    one in place, never a part of one."""
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     config = model.config.replace(architectures=[model.architecture])
     state = to_standard({k: v.detach().cpu().contiguous() for k, v in model.state_dict().items()})
-    fd, tmp = tempfile.mkstemp(dir=directory, prefix=".model.", suffix=".safetensors.tmp")
-    os.close(fd)
-    try:
-        save_file(state, tmp, metadata={"format": "pt"})
-        os.replace(tmp, directory / WEIGHTS_NAME)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_weights(state, directory / WEIGHTS_NAME)
     config.save(directory)
     if tokenizer is not None:
         tokenizer.save_pretrained(directory)
     return directory
+
+
+def write_weights(state: dict[str, Tensor], path: Path) -> None:
+    """safetensors into a temporary sibling (which readers ignore), flushed to disk, then renamed
+    over `path`; on any failure the temporary file is removed and `path` is left as it was."""
+    from safetensors.torch import save_file
+
+    tmp = temporary_name(path)
+    try:
+        with open(tmp, "xb"):  # created as open() creates files: the mode the umask gives
+            mode = stat.S_IMODE(os.stat(tmp).st_mode)
+        save_file(state, str(tmp), metadata={"format": "pt"})  # replaces it with a file of mode 0600
+        os.chmod(tmp, mode)
+        with open(tmp, "rb") as f:
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+    fsync_dir(path.parent)

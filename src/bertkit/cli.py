@@ -143,6 +143,8 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     _check_vectors_output(args.output)
     texts = _read_lines(args.input)
+    if not texts:
+        raise InputError(f"{'<stdin>' if args.input == '-' else args.input}: no texts to embed (one per line)")
     embedder = Embedder.from_pretrained(args.model)
     vectors = embedder(
         texts, batch_size=args.batch_size, max_length=args.max_length,

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -17,6 +18,8 @@ from bertkit.errors import CheckpointError
 from bertkit.fileio import write_text_atomically
 
 CONFIG_NAME = "config.json"
+TOKENIZER_FILES = ("tokenizer.json", "tokenizer_config.json", "special_tokens_map.json")
+SIZE_FIELDS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size")
 
 
 @dataclass
@@ -61,11 +64,7 @@ class BertConfig:
     """Keys of a read config.json that bertkit does not use, written back unchanged."""
 
     def __post_init__(self) -> None:
-        if self.hidden_size % self.num_attention_heads:
-            raise CheckpointError(
-                f"hidden_size={self.hidden_size} is not a multiple of "
-                f"num_attention_heads={self.num_attention_heads}"
-            )
+        validate(self)
         self.id2label = {int(k): str(v) for k, v in self.id2label.items()}
 
     @property
@@ -133,19 +132,19 @@ class BertConfig:
     @classmethod
     def load(cls, path: str | os.PathLike) -> BertConfig:
         """Read a config.json file, or the config.json inside a checkpoint directory."""
-        path = Path(path)
-        if path.is_dir():
-            path = path / CONFIG_NAME
-        if not path.exists():
-            raise CheckpointError(f"{path}: no such file (a BERT checkpoint directory needs a config.json)")
+        path = _config_path(Path(path))
         try:
             data = json.loads(path.read_text(encoding="utf-8"))
         except (UnicodeDecodeError, json.JSONDecodeError) as e:
-            raise CheckpointError(f"{path}: not valid JSON ({e})") from None
+            raise CheckpointError(f"{path}: not valid JSON ({_one_line(e)})") from None
+        except OSError as e:
+            raise CheckpointError(f"{path}: cannot read ({e.strerror or e})") from None
         if not isinstance(data, dict):
-            raise CheckpointError(f"{path}: expected a JSON object")
+            raise CheckpointError(f"{path}: expected a JSON object, got {_json_type(data)}")
         if data.get("model_type", "bert") != "bert":
             raise CheckpointError(f"{path}: model_type={data['model_type']!r} is not a BERT model")
+        if not data.keys() & SIZE_FIELDS:  # e.g. tokenizer_config.json, or a weight index
+            raise CheckpointError(f"{path}: not a BERT config (it sets none of {', '.join(SIZE_FIELDS)})")
         return cls.from_dict(data, source=str(path))
 
     @classmethod
@@ -173,3 +172,146 @@ PRESETS: dict[str, tuple[int, int]] = {
     "base": (12, 768),
     "large": (24, 1024),
 }
+
+
+# ---- finding config.json ---------------------------------------------------------------------------
+
+
+def _config_path(path: Path) -> Path:
+    """The config.json that `path` (a checkpoint directory or a config file) stands for."""
+    if path.is_dir():
+        config = path / CONFIG_NAME
+        if config.is_dir():
+            raise CheckpointError(f"{config}: is a directory, expected the checkpoint's JSON config file")
+        if not config.exists():
+            raise CheckpointError(f"{config}: no such file (a BERT checkpoint directory needs a config.json)")
+        return config
+    if not path.exists():
+        raise CheckpointError(f"{path}: no such file or directory")
+    if _is_another_checkpoint_file(path):
+        raise CheckpointError(f"{path} is a file; --model takes the checkpoint folder ({path.parent})")
+    return path
+
+
+def _is_another_checkpoint_file(path: Path) -> bool:
+    """Weights, vocab.txt, a weight index...: a file of a checkpoint folder that is not a config.
+    (Another .json beside config.json may be a config of its own, e.g. for pretrain --config.)"""
+    if path.name == CONFIG_NAME or not (path.parent / CONFIG_NAME).is_file():
+        return False
+    return path.suffix != ".json" or path.name.endswith(".index.json") or path.name in TOKENIZER_FILES
+
+
+def _one_line(e: Exception) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
+
+
+# ---- validation -----------------------------------------------------------------------------------
+
+# Sizes that must be whole numbers of at least 1 (an empty layer or a 0-wide table is no model).
+POSITIVE_INTS = ("vocab_size", "hidden_size", "num_hidden_layers", "num_attention_heads", "intermediate_size",
+                 "max_position_embeddings", "type_vocab_size")
+PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
+PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
+
+
+def supported_activations() -> list[str]:
+    """The hidden_act values the encoder implements (model.ACTIVATIONS)."""
+    from bertkit.model import ACTIVATIONS  # model.py imports this module, so not at the top
+
+    return list(ACTIVATIONS)
+
+
+def validate(config: BertConfig) -> None:
+    """Raise CheckpointError naming the first field that no BERT could be built from."""
+    for name in POSITIVE_INTS:
+        _check_int(name, getattr(config, name), minimum=1)
+    _check_pad(config.pad_token_id, config.vocab_size)
+    if config.hidden_size % config.num_attention_heads:
+        raise CheckpointError(
+            f"hidden_size={config.hidden_size} is not a multiple of num_attention_heads={config.num_attention_heads}"
+        )
+    _check_activation(config.hidden_act)
+    for name in PROBABILITIES:
+        _check_probability(name, getattr(config, name))
+    if config.classifier_dropout is not None:
+        _check_probability("classifier_dropout", config.classifier_dropout)
+    _check_number("layer_norm_eps", config.layer_norm_eps, positive=True)
+    _check_number("initializer_range", config.initializer_range, positive=False)
+    _check_problem_type(config.problem_type)
+    _check_id2label(config.id2label)
+    _check_architectures(config.architectures)
+
+
+def _show(value: Any) -> str:
+    """A value as it would appear in config.json."""
+    try:
+        return json.dumps(value)
+    except (TypeError, ValueError):
+        return repr(value)
+
+
+def _json_type(value: Any) -> str:
+    names = {dict: "an object", list: "a list", str: "a string", bool: "true/false", type(None): "null",
+             int: "a number", float: "a number"}
+    return names.get(type(value), type(value).__name__)
+
+
+def _if_string(value: Any) -> str:
+    return " (a string)" if isinstance(value, str) else ""
+
+
+def _check_int(name: str, value: Any, *, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise CheckpointError(f"{name} must be a whole number, got {_show(value)}{_if_string(value)}")
+    if value < minimum:
+        raise CheckpointError(f"{name} must be at least {minimum}, got {value}")
+
+
+def _check_pad(pad: Any, vocab_size: int) -> None:
+    if pad is None:
+        return
+    _check_int("pad_token_id", pad, minimum=0)
+    if pad >= vocab_size:
+        raise CheckpointError(f"pad_token_id={pad} is outside the vocabulary (vocab_size={vocab_size})")
+
+
+def _check_activation(name: Any) -> None:
+    supported = supported_activations()
+    if name not in supported:
+        raise CheckpointError(f"hidden_act {_show(name)} is not supported; choose one of {', '.join(supported)}")
+
+
+def _check_number(name: str, value: Any, *, positive: bool) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise CheckpointError(f"{name} must be a number, got {_show(value)}{_if_string(value)}")
+    if value < 0 or (positive and value == 0):
+        raise CheckpointError(f"{name} must be {'above' if positive else 'at least'} 0, got {value}")
+    return value
+
+
+def _check_probability(name: str, value: Any) -> None:
+    if _check_number(name, value, positive=False) >= 1:
+        raise CheckpointError(f"{name} must be a probability in [0, 1), got {value}")
+
+
+def _check_problem_type(value: Any) -> None:
+    if value is not None and value not in PROBLEM_TYPES:
+        raise CheckpointError(f"problem_type {_show(value)} is not one of {', '.join(PROBLEM_TYPES)}")
+
+
+def _check_id2label(id2label: Any) -> None:
+    if not isinstance(id2label, dict):
+        raise CheckpointError(f"id2label must be an object of label ids to names, got {_json_type(id2label)}")
+    ids = []
+    for key in id2label:
+        if isinstance(key, bool) or not (isinstance(key, int) or (isinstance(key, str) and key.isdecimal())):
+            raise CheckpointError(f"id2label key {_show(key)} is not a label id (0, 1, ...)")
+        ids.append(int(key))
+    if sorted(ids) != list(range(len(ids))):
+        raise CheckpointError(f"id2label ids must be 0..{len(ids) - 1}, each once; got {sorted(ids)}")
+
+
+def _check_architectures(value: Any) -> None:
+    if value is not None and (not isinstance(value, list) or not all(isinstance(v, str) for v in value)):
+        raise CheckpointError(f"architectures must be a list of class names, got {_show(value)}")

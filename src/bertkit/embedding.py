@@ -18,6 +18,7 @@ import torch
 from torch import Tensor
 
 from bertkit.errors import CheckpointError, InputError
+from bertkit.options import at_least
 from bertkit.model import BertModel
 from bertkit.tokenizer import Tokenizer
 
@@ -89,12 +90,25 @@ class Embedder:
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         if not texts:
             return out
-        limit = max_length or min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
+        limit = self._limit(max_length)
+        # Truncation reads a long text only as far as its first `limit` tokens: a 50 MB line costs
+        # what its first few kilobytes do (the tokenizer's long-text handling), not ~10 GB.
         enc = self.tokenizer(texts, truncation=True, max_length=limit)
         batches = length_batches([len(ids) for ids in enc["input_ids"]], batch_size)
         for idx in _progress(batches, progress, total_texts=len(texts)):
             out[idx] = self._embed_batch([enc["input_ids"][i] for i in idx], normalize)
         return out
+
+    def _limit(self, max_length: int | None) -> int:
+        """The tokens a text keeps: max_length, at most what the model's positions allow."""
+        model_limit = min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
+        if max_length is None:
+            return model_limit
+        at_least("max_length", max_length, 3)
+        if max_length > self.model.config.max_position_embeddings:
+            raise InputError(f"--max-length {max_length} exceeds the model's max_position_embeddings="
+                             f"{self.model.config.max_position_embeddings}")
+        return max_length
 
     @torch.inference_mode()
     def _embed_batch(self, rows: list[list[int]], normalize: bool) -> np.ndarray:

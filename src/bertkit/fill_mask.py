@@ -7,7 +7,7 @@ from typing import NamedTuple
 
 import torch
 
-from bertkit.errors import CheckpointError, InputError
+from bertkit.errors import InputError
 from bertkit.heads import BertForMaskedLM
 from bertkit.tokenizer import Tokenizer
 
@@ -24,14 +24,14 @@ class FillMask:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike) -> FillMask:
-        model = BertForMaskedLM.from_pretrained(path)
-        if any(k.startswith("mlm.") for k in model.load_report.missing):
-            raise CheckpointError(f"{path}: the checkpoint has no masked-LM head (cls.predictions), so it cannot fill masks")
+        model = BertForMaskedLM.from_pretrained(
+            path, require=("mlm.", "masked-LM head (cls.predictions), so it cannot fill masks"))
         return cls(model, Tokenizer.from_pretrained(path))
 
     @torch.inference_mode()
     def __call__(self, text: str, *, top_k: int = 5) -> list[list[Candidate]]:
         """For each [MASK] in `text`, the top_k tokens with their probabilities."""
+        # truncation reads a long text only as far as the kept tokens need
         enc = self.tokenizer(text, truncation=True, max_length=self.model.config.max_position_embeddings,
                              return_tensors="pt")
         where = (enc["input_ids"][0] == self.tokenizer.mask_token_id).nonzero().flatten()

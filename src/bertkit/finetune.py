@@ -22,7 +22,7 @@ import torch
 from bertkit import distributed
 from bertkit.config import BertConfig
 from bertkit.distributed import World
-from bertkit.errors import InputError
+from bertkit.errors import CheckpointError, InputError
 from bertkit.fileio import write_text_atomically
 from bertkit.options import at_least, check_choices, choices, greater_than
 from bertkit.tasks import TASKS, DataOptions, Task, make_task, task_for_architecture
@@ -71,7 +71,11 @@ class Loaded:
 
 
 def saved_settings(config: BertConfig) -> dict[str, Any]:
-    return dict(config.extra.get(SETTINGS_KEY) or {})
+    settings = config.extra.get(SETTINGS_KEY) or {}
+    if not isinstance(settings, dict) or not isinstance(settings.get("options", {}), dict):
+        raise CheckpointError(f"config.json: its {SETTINGS_KEY!r} entry (the task and reading options) must be "
+                              f"a JSON object with an 'options' object, got {json.dumps(settings)[:60]}")
+    return dict(settings)
 
 
 def options_for(config: BertConfig, overrides: dict[str, Any] | None = None) -> DataOptions:
@@ -115,15 +119,10 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config) -> dict
         changes = task.configure(base, labels)
         same_head = (base.architectures or [None])[0] == task.architecture and \
             base.id2label == changes.get("id2label", base.id2label)
-        torch.manual_seed(train_config.seed)  # the same new head on every process
-        model = HEADS[task.architecture].from_pretrained(args.model, with_head=same_head, **changes)
-        if args.random_init:
-            model.init_weights()
-        model.config = with_settings(model.config, task)
-        model.to(device)
-
-        train_features = task.featurize(train_examples, tokenizer, model.config, bad)
-        dev_features = task.featurize(dev_examples, tokenizer, model.config, bad) if dev_examples else None
+        # the data is featurized (and checked: labels unseen in training, ...) before any weights load
+        model_config = with_settings(base.replace(**changes), task)
+        train_features = task.featurize(train_examples, tokenizer, model_config, bad)
+        dev_features = task.featurize(dev_examples, tokenizer, model_config, bad) if dev_examples else None
         say(_data_summary(task, args, train_examples, train_features, dev_examples, dev_features, labels, bad),
             flush=True)
 
@@ -137,6 +136,13 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config) -> dict
             save_every=per_epoch,
             best_metric=(train_config.best_metric or task.metric) if dev_examples else None,
         )
+        config.check_steps()
+        torch.manual_seed(train_config.seed)  # the same new head on every process
+        model = HEADS[task.architecture].from_pretrained(args.model, with_head=same_head, **changes)
+        if args.random_init:
+            model.init_weights()
+        model.config = with_settings(model.config, task)
+        model.to(device)
         objective = task.objective(model)
         say(f"{config.steps} steps ({args.epochs:g} epochs of {per_epoch}) of "
             f"{config.batch_size * config.grad_accum * world.world_size} sequences, lr {config.lr:g}, "
@@ -234,6 +240,7 @@ def load_finetuned(model_dir: str | Path, overrides: dict[str, Any] | None = Non
     if config.problem_type == "regression":
         options.regression = True
     task = make_task(task_name, options)
+    _check_length(options.max_length, config)
     if architecture != task.architecture:
         raise InputError(f"{model_dir}: a {architecture} checkpoint, not a {task.name} model")
     model = HEADS[architecture].from_pretrained(model_dir).eval()

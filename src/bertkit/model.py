@@ -163,16 +163,18 @@ class Pretrained(nn.Module):
         self.apply(lambda m: init_weights(m, self.config.initializer_range))
 
     @classmethod
-    def from_pretrained(cls, path: str | Path, *, with_head: bool = True, **config_changes):
+    def from_pretrained(cls, path: str | Path, *, with_head: bool = True, require: tuple[str, str] | None = None,
+                        **config_changes):
         """Load a standard BERT checkpoint directory (config.json + model.safetensors or pytorch_model.bin).
 
         Weights the checkpoint lacks are initialised and listed in `model.load_report`.
         `config_changes` override config.json fields (e.g. id2label for a new classifier);
-        with_head=False loads the encoder only, for a head trained from scratch on a new task.
+        with_head=False loads the encoder only, for a head trained from scratch on a new task;
+        require=(prefix, what) refuses a checkpoint without those weights (e.g. an MLM head).
         """
         from bertkit.checkpoint import load_pretrained
 
-        return load_pretrained(cls, path, with_head=with_head, **config_changes)
+        return load_pretrained(cls, path, with_head=with_head, require=require, **config_changes)
 
     def save_pretrained(self, directory: str | Path, *, tokenizer=None) -> Path:
         """Write config.json and model.safetensors (and the tokenizer's files if given) to `directory`."""

@@ -93,13 +93,13 @@ def build_model(objective: str, config: BertConfig, init_from: str | None) -> Be
     cls = BertForMaskedLM if objective == "mlm" else BertForPreTraining
     if init_from is None:
         return cls(config)
-    model = cls.from_pretrained(init_from)
-    if model.config.vocab_size != config.vocab_size:
+    vocab_size = BertConfig.load(init_from).vocab_size  # checked before loading (and logging about) weights
+    if vocab_size != config.vocab_size:
         raise InputError(
-            f"--init-from {init_from}: its vocabulary has {model.config.vocab_size} tokens but the prepared data "
+            f"--init-from {init_from}: its vocabulary has {vocab_size} tokens but the prepared data "
             f"was tokenized with {config.vocab_size}; prepare the data with that checkpoint's tokenizer"
         )
-    return model
+    return cls.from_pretrained(init_from)
 
 
 @dataclass
@@ -184,6 +184,7 @@ def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
 
     world = distributed.init()
     try:
+        train_config.check_steps()
         start_run(train_config, world)  # before any reading: a refused --out costs nothing
         train_config = adapt_to_checkpoint(train_config, world)
         device = distributed.device_for(world)

@@ -17,17 +17,27 @@ Text goes through the same pipeline as Google's original BERT:
 Truncation is the engine's ``longest_first``; offsets are character offsets into the original
 text (into B for the second text of a pair), ``(0, 0)`` for special and padding tokens.
 ``save_pretrained`` writes files that transformers' ``AutoTokenizer`` loads to the same ids.
+
+Long texts: the engine needs about 160 bytes per character it is given (500 for Chinese), so a
+50 MB line at once takes ~10 GB. Tokenization is local — nothing joins across whitespace, and
+otherwise only the last word or two of a cut text can come out differently — so a long text is
+tokenized a chunk at a time (``_safe_chunks``), each chunk cut where its pieces are exactly those
+of the whole text. Truncation reads only as many chunks as the kept pieces need; ``pieces`` reads
+them all but keeps them in compact arrays.
 """
 
 from __future__ import annotations
 
+import bisect
 import json
 import numbers
 import os
+import re
 import warnings
+from array import array
 from collections.abc import Iterable, Iterator, Mapping, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple, Union
+from typing import Any, NamedTuple, Union, overload
 
 from tokenizers import AddedToken, decoders, normalizers, pre_tokenizers, processors, trainers
 from tokenizers import Encoding as _EngineEncoding
@@ -37,7 +47,7 @@ from tokenizers.models import WordPiece
 from bertkit.errors import CheckpointError, InputError
 from bertkit.fileio import write_text_atomically
 
-__all__ = ["BatchEncoding", "Pieces", "Tokenizer"]
+__all__ = ["BatchEncoding", "Pieces", "Spans", "Tokenizer"]
 
 PAD, UNK, CLS, SEP, MASK = "[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"
 SPECIAL_TOKENS = (PAD, UNK, CLS, SEP, MASK)  # also the id order (0..4) of trained vocabularies
@@ -48,6 +58,13 @@ SPECIAL_MAP_FILE = "special_tokens_map.json"
 ENGINE_FILE = "tokenizer.json"
 _ENGINE_MAX_LENGTH = 10**9  # model_max_length may be huge: transformers writes 1e30 for 'no limit'
 _UNSET: Any = object()
+CHUNK_CHARS = 100_000
+"""Characters given to the engine at a time for a long text: ~16 MB of engine memory (~50 for Chinese)."""
+CHARS_PER_PIECE = 8
+"""First guess of the characters that hold a piece, when only a long text's first pieces are needed
+(English averages ~4.5 with spaces, Chinese 1); more is read where it falls short, so any text works."""
+WORDS_PER_CHUNK = 20_000
+"""Pre-split words given to the engine at a time (``split_into_words``), for the same reason."""
 
 PathLike = Union[str, "os.PathLike[str]"]
 
@@ -65,11 +82,55 @@ class BatchEncoding(dict):
 
 
 class Pieces(NamedTuple):
-    """The WordPiece pieces of one text, without special tokens or truncation."""
+    """The WordPiece pieces of one text, without special tokens or truncation.
 
-    ids: list[int]
-    offsets: list[tuple[int, int]]  # character span of each piece in its text (in its word, for split words)
-    word_ids: list[int]  # index of the word each piece belongs to
+    Lists — except for a text of more than CHUNK_CHARS characters (WORDS_PER_CHUNK words), where
+    offsets are a ``Spans`` and word_ids an ``array('i')``, and the ids list shares one int object
+    per vocabulary id: the same indexing, slicing and iteration at 4-8 bytes a piece instead of
+    ~40-120 (a 50 MB text has ~12 million pieces).
+    """
+
+    ids: Sequence[int]
+    offsets: Sequence[tuple[int, int]]  # character span of each piece in its text (in its word, for split words)
+    word_ids: Sequence[int]  # index of the word each piece belongs to
+
+
+class Spans(Sequence[tuple[int, int]]):
+    """(start, end) pairs stored flat in one ``array('i')``; reads like a list of tuples (a slice is one)."""
+
+    __slots__ = ("flat",)
+
+    def __init__(self, flat: array | None = None):
+        self.flat = flat if flat is not None else array("i")
+
+    def __len__(self) -> int:
+        return len(self.flat) // 2
+
+    @overload
+    def __getitem__(self, index: int) -> tuple[int, int]: ...
+
+    @overload
+    def __getitem__(self, index: slice) -> list[tuple[int, int]]: ...
+
+    def __getitem__(self, index: int | slice) -> tuple[int, int] | list[tuple[int, int]]:
+        if isinstance(index, slice):
+            return [self[i] for i in range(*index.indices(len(self)))]
+        i = index + len(self) if index < 0 else index
+        if not 0 <= i < len(self):
+            raise IndexError("Spans index out of range")
+        return self.flat[2 * i], self.flat[2 * i + 1]
+
+    def __array__(self, dtype: Any = None, copy: bool | None = None) -> Any:
+        """An (N, 2) numpy view of the spans, without making N tuples first."""
+        import numpy as np
+
+        spans = np.frombuffer(self.flat, dtype=np.intc).reshape(-1, 2)
+        if dtype is not None and np.dtype(dtype) != spans.dtype:
+            return spans.astype(dtype)
+        return spans.copy() if copy else spans
+
+    def __repr__(self) -> str:
+        return f"Spans({len(self)} spans)"
 
 
 class Tokenizer:
@@ -98,6 +159,7 @@ class Tokenizer:
         self.model_max_length = _check_length(model_max_length, "model_max_length")
         self._engine = _build_engine(self._vocab, self.lowercase, self.strip_accents, self.chinese_chars)
         self._truncating: dict[int, _Engine] = {}
+        self._id_objects: list[int] = []  # one int object per id, shared by the ids of long texts
 
     # ----------------------------------------------------------------- loading and saving
 
@@ -237,25 +299,69 @@ class Tokenizer:
         truncate = _truncation_flag(truncation)
         if return_tensors not in (None, "pt", "np"):
             raise InputError(f"return_tensors must be None, 'pt' or 'np', got {return_tensors!r}")
+        pair = text_pair is not None
         if truncate:
-            encodings = self._encode_truncated(inputs, limit, pair=text_pair is not None)
+            inputs = self._capped_inputs(inputs, limit, pair)
         else:
-            encodings = self._engine.encode_batch(inputs)
+            self._refuse_long(inputs, limit, pair)
+        inputs, squeezes = _squeezed_inputs(inputs)
+        encodings = _encode(self._truncating_engine(limit) if truncate else self._engine, inputs)
+        if truncate:
+            _warn_truncated(encodings, limit)
+        else:
             _check_lengths(encodings, limit)
         _pad(encodings, pad_mode, limit, self.pad_token_id)
-        return _assemble(encodings, batched, return_tensors, return_offsets_mapping)
+        return _assemble(encodings, batched, return_tensors, return_offsets_mapping, squeezes)
 
-    def _encode_truncated(self, inputs: list, limit: int, pair: bool) -> list[_EngineEncoding]:
+    def _capped_inputs(self, inputs: list, limit: int, pair: bool) -> list:
         needed = 3 if pair else 2
         if limit < needed:
             kind = "pairs" if pair else "single texts"
             raise InputError(f"max_length={limit} is too small: {kind} need {needed} special tokens")
-        encodings = self._truncating_engine(limit).encode_batch(inputs)
-        truncated = sum(1 for e in encodings if e.overflowing)
-        if truncated:
-            warnings.warn(f"{truncated} of {len(encodings)} inputs truncated to max_length={limit} tokens",
-                          stacklevel=3)
-        return encodings
+        if limit >= _ENGINE_MAX_LENGTH:  # "no limit": nothing is cut, so all of it is needed
+            return inputs
+        return [self._capped(item, limit - needed) for item in inputs]
+
+    def _capped(self, item: str | tuple[str, str], room: int) -> str | tuple[str, str]:
+        """``item`` with each long text cut to a prefix that truncates to exactly what the whole text
+        does with ``room`` pieces: more pieces than fit, and, for a pair of long texts, the one that
+        is longer in all keeps being longer (longest-first truncation gives it the odd piece)."""
+        size = _first_size(room)
+        if isinstance(item, str):
+            if len(item) <= size:
+                return item
+            text = _Counted(self._engine, item, size)
+            text.grow(room + 1)
+            return text.prefix
+        if len(item[0]) <= size and len(item[1]) <= size:
+            return item
+        a, b = _Counted(self._engine, item[0], size), _Counted(self._engine, item[1], size)
+        a.grow(room + 1)
+        b.grow(room + 1)
+        if room % 2 and a.count > room and b.count > room:  # each keeps room // 2, the longer one more
+            if _first_longer(self._engine, item[0], item[1], size):
+                a.grow(b.count + 1)
+            else:
+                b.grow(a.count)
+        # Short prefixes, not the whole texts: the engine's overflow for a pair is every part of the
+        # first text times every part of the second, quadratic in their lengths.
+        return a.prefix, b.prefix
+
+    def _refuse_long(self, inputs: list, limit: int, pair: bool) -> None:
+        """Without truncation, a long text is refused as soon as its first pieces show it too long,
+        before the engine tokenizes all of it."""
+        if limit >= _ENGINE_MAX_LENGTH:
+            return
+        room = max(0, limit - (3 if pair else 2))
+        size = _first_size(room)
+        for i, item in enumerate(inputs):
+            for text in (item if pair else (item,)):
+                if len(text) > size:
+                    counted = _Counted(self._engine, text, size)
+                    counted.grow(room + 1)
+                    if counted.count > room:
+                        raise InputError(f"input {i} has more than max_length={limit} tokens; "
+                                         "pass truncation=True")
 
     def _truncating_engine(self, limit: int) -> _Engine:
         engine = self._truncating.get(limit)
@@ -267,11 +373,14 @@ class Tokenizer:
             self._truncating[limit] = engine
         return engine
 
-    def pieces(self, texts: Sequence[str] | Sequence[Sequence[str]], *, split_into_words: bool = False) -> list[Pieces]:
+    def pieces(self, texts: Sequence[str] | Sequence[Sequence[str]], *, split_into_words: bool = False,
+               max_pieces: int | None = None) -> list[Pieces]:
         """Pieces of each text (or of each list of words), for callers that build their own windows.
 
-        Nothing is added or cut: fine-tuning featurizers place [CLS]/[SEP] themselves so that a long
-        text can be split into overlapping windows instead of being truncated.
+        Nothing is added: fine-tuning featurizers place [CLS]/[SEP] themselves so that a long text
+        can be split into overlapping windows instead of being truncated. ``max_pieces``: only the
+        first pieces are wanted, so a text with more than that is tokenized only so far; its result
+        is a prefix of its pieces (exactly the whole text's first ones), at least max_pieces + 1 long.
         """
         inputs = [list(t) for t in texts] if split_into_words else list(texts)
         for i, text in enumerate(inputs):
@@ -280,8 +389,30 @@ class Tokenizer:
                     raise InputError(f"texts[{i}] must be a list of strings")
             elif not isinstance(text, str):
                 raise InputError(f"texts[{i}] is {_type_name(text)}, expected a string")
-        encodings = self._engine.encode_batch(inputs, is_pretokenized=split_into_words, add_special_tokens=False)
-        return [Pieces(e.ids, e.offsets, [w if w is not None else -1 for w in e.word_ids]) for e in encodings]
+        if max_pieces is not None and (not _is_int(max_pieces) or max_pieces < 0):
+            raise InputError(f"max_pieces must be a non-negative int, got {max_pieces!r}")
+        size = CHUNK_CHARS if max_pieces is None else _first_size(max_pieces)
+        out: list[Pieces | None] = [None] * len(inputs)
+        short = [i for i, item in enumerate(inputs) if not _is_long(item, split_into_words, size)]
+        if short:
+            encodings = _encode(self._engine, [inputs[i] for i in short], is_pretokenized=split_into_words,
+                                add_special_tokens=False)
+            for i, e in zip(short, encodings):
+                out[i] = Pieces(e.ids, e.offsets, [w if w is not None else -1 for w in e.word_ids])
+        for i, item in enumerate(inputs):
+            if out[i] is None:
+                chunks = (_word_chunks(self._engine, item) if split_into_words
+                          else _safe_chunks(self._engine, item, size))
+                compact = _is_long(item, split_into_words, CHUNK_CHARS)
+                out[i] = _joined(chunks, max_pieces, self._shared_ids() if compact else None)
+        return out  # type: ignore[return-value]
+
+    def _shared_ids(self) -> list[int]:
+        # The engine makes a new int object (28 bytes) for every id it returns; a long text's ids point
+        # at these instead, so that its ids (and every window sliced from them) take 8 bytes a piece.
+        if not self._id_objects:
+            self._id_objects = list(range(len(self._id_to_token)))
+        return self._id_objects
 
     def normalize(self, text: str) -> str:
         """``text`` as the vocabulary sees it: cleaned, lower-cased and accent-stripped as configured."""
@@ -425,6 +556,211 @@ def _trainer(vocab_size: int, min_frequency: int, limit_alphabet: int | None,
     )
 
 
+def _encode(engine: _Engine, inputs: list, **options: Any) -> list[_EngineEncoding]:
+    """Every text reaches the engine through here (the one place tests watch to see how much does)."""
+    return engine.encode_batch(inputs, **options)
+
+
+# ------------------------------------------------------------------------------ long texts
+
+
+class _Chunk(NamedTuple):
+    """Pieces of a part of a text, exactly as in the whole text's tokenization, up to ``end``."""
+
+    end: int  # where the part ends (a character; a word, for pre-split words)
+    ids: list[int]
+    offsets: list[tuple[int, int]]
+    word_ids: list[int]
+    shift: int  # to add to the offsets: where the part starts (0 for words: offsets are in the word)
+    first_word: int  # to add to the word ids
+
+
+def _first_size(pieces: int) -> int:
+    """Characters to tokenize first when ``pieces`` pieces (and one more) are wanted."""
+    return min(CHUNK_CHARS, (pieces + 1) * CHARS_PER_PIECE + 256)
+
+
+def _is_long(item: str | list[str], split_into_words: bool, size: int) -> bool:
+    if not split_into_words:
+        return len(item) > size
+    return len(item) > WORDS_PER_CHUNK or sum(len(w) for w in item) > size
+
+
+def _safe_chunks(engine: _Engine, text: str, size: int) -> Iterator[_Chunk]:
+    """Consecutive chunks of ``text``, each tokenized alone, whose pieces are exactly the whole text's.
+
+    A chunk ends right before a space, tab or newline: nothing joins across whitespace (words split
+    there, no special token holds one, and accents never move past it). A chunk with none (Chinese,
+    one long word) ends before its last two words instead (``_word_break``). ``size`` characters are
+    read at a time, growing to CHUNK_CHARS, and beyond while no place to cut is found; long runs of
+    whitespace or control characters reach the engine as one character (``_squeeze``).
+    """
+    start, first_word = 0, 0
+    while start < len(text):
+        stop = min(len(text), start + size)
+        cut = stop if stop == len(text) else _last_space(text, start, stop)
+        part, squeeze = _squeeze(text[start:cut if cut > start else stop])
+        encoding = _encode(engine, [part], add_special_tokens=False)[0]
+        ids, offsets, word_ids = encoding.ids, encoding.offsets, encoding.word_ids
+        if squeeze is not None:
+            offsets = _unsqueezed(offsets, encoding.type_ids, (squeeze,))
+        if cut <= start:
+            keep = _word_break(word_ids)
+            if keep is None:
+                size *= 2  # a single long word (or nothing but removed characters): read on
+                continue
+            cut, next_word = start + offsets[keep][0], word_ids[keep]
+            ids, offsets, word_ids = ids[:keep], offsets[:keep], word_ids[:keep]
+        else:
+            next_word = word_ids[-1] + 1 if word_ids else 0
+        yield _Chunk(cut, ids, offsets, word_ids, start, first_word)
+        start, first_word, size = cut, first_word + next_word, min(2 * size, CHUNK_CHARS)
+
+
+def _last_space(text: str, start: int, stop: int) -> int:
+    """The last position in (start, stop) that holds a space, tab or newline; -1 if none."""
+    return max(text.rfind(c, start + 1, stop) for c in " \n\t\r")
+
+
+def _word_break(word_ids: list[int]) -> int | None:
+    """Index of the first piece of the second-to-last word, or None with fewer than three words.
+
+    Cutting a text elsewhere than at whitespace changes at most its last two words: the last one
+    may go on after the cut, and a special token cut in half ("[MA" of "[MASK]") leaves two words,
+    "[" and "ma", of which only the first starts where the whole token does.
+    """
+    if not word_ids:
+        return None
+    last = len(word_ids) - 1
+    while last > 0 and word_ids[last - 1] == word_ids[-1]:
+        last -= 1
+    if last == 0:
+        return None
+    second = last - 1
+    while second > 0 and word_ids[second - 1] == word_ids[last - 1]:
+        second -= 1
+    return second if second > 0 else None
+
+
+def _word_chunks(engine: _Engine, words: list[str]) -> Iterator[_Chunk]:
+    """Pre-split words a batch at a time: each word is tokenized on its own anyway."""
+    start = 0
+    while start < len(words):
+        end, chars = start, 0
+        while end < len(words) and end - start < WORDS_PER_CHUNK and (chars < CHUNK_CHARS or end == start):
+            chars += len(words[end])
+            end += 1
+        encoding = _encode(engine, [words[start:end]], is_pretokenized=True, add_special_tokens=False)[0]
+        yield _Chunk(end, encoding.ids, encoding.offsets, encoding.word_ids, 0, start)
+        start = end
+
+
+def _joined(chunks: Iterator[_Chunk], max_pieces: int | None, shared_ids: list[int] | None) -> Pieces:
+    """The chunks' pieces as one Pieces, stopping after max_pieces; compact (see Pieces) when given
+    ``shared_ids``, the int objects to use for ids."""
+    ids: list[int] = []
+    flat, words = array("i"), array("i")
+    for chunk in chunks:
+        ids.extend(chunk.ids if shared_ids is None else map(shared_ids.__getitem__, chunk.ids))
+        words.extend(w + chunk.first_word for w in chunk.word_ids)
+        flat.extend(x + chunk.shift for span in chunk.offsets for x in span)
+        if max_pieces is not None and len(ids) > max_pieces:
+            break
+    spans = Spans(flat)
+    return Pieces(ids, spans, words) if shared_ids is not None else Pieces(ids, list(spans), words.tolist())
+
+
+class _Counted:
+    """A growing prefix of one text, cut where its pieces are the whole text's, and their count."""
+
+    def __init__(self, engine: _Engine, text: str, size: int):
+        self.text, self.end, self.count = text, 0, 0
+        self._chunks = _safe_chunks(engine, text, size)
+
+    @property
+    def done(self) -> bool:
+        return self.end == len(self.text)
+
+    @property
+    def prefix(self) -> str:
+        return self.text[:self.end]
+
+    def grow(self, want: int) -> None:
+        """Read on until the prefix has at least ``want`` pieces, or is the whole text."""
+        while self.count < want and not self.done:
+            chunk = next(self._chunks)
+            self.end, self.count = chunk.end, self.count + len(chunk.ids)
+
+
+def _first_longer(engine: _Engine, first: str, second: str, size: int) -> bool:
+    """Whether ``first`` has more pieces than ``second``: both counted a chunk at a time, reading on
+    in the one behind until it is done or overtakes (time goes with the shorter text, memory stays
+    a chunk)."""
+    a, b = _Counted(engine, first, size), _Counted(engine, second, size)
+    while not (a.done and b.done):
+        if (a.done and b.count > a.count) or (b.done and a.count > b.count):
+            break
+        behind = a if not a.done and (b.done or a.count <= b.count) else b
+        behind.grow(behind.count + 1)
+    return a.count > b.count
+
+
+# Runs of 64 or more spaces, tabs and newlines, or of ASCII control characters (which the normalizer
+# drops): the engine needs ~50 bytes per character even of these, and one of each does the same.
+_RUN = re.compile(r"[ \t\n\r]{64,}|[\x00-\x08\x0b\x0c\x0e-\x1f\x7f]{64,}")
+
+
+class _Squeeze(NamedTuple):
+    """Where a squeezed text lost characters: after each run's kept first character (``ends``, in
+    the squeezed text), how many had gone by then (``removed``)."""
+
+    ends: list[int]
+    removed: list[int]
+
+
+def _squeezed_inputs(inputs: list) -> tuple[list, list[tuple[_Squeeze | None, ...] | None]]:
+    """Inputs with each long text's long runs cut to one character (the same pieces, and offsets
+    that _unsqueezed maps back), and what was cut from each text of each input."""
+    out, squeezes = [], []
+    for item in inputs:
+        texts = (item,) if isinstance(item, str) else item
+        done = [_squeeze(t) if len(t) > CHUNK_CHARS else (t, None) for t in texts]
+        out.append(done[0][0] if isinstance(item, str) else tuple(t for t, _ in done))
+        squeezes.append(None if all(s is None for _, s in done) else tuple(s for _, s in done))
+    return out, squeezes
+
+
+def _squeeze(text: str) -> tuple[str, _Squeeze | None]:
+    parts: list[str] = []
+    ends: list[int] = []
+    removed: list[int] = []
+    last = 0
+    for m in _RUN.finditer(text):
+        parts.append(text[last:m.start() + 1])
+        ends.append(m.start() + 1 - (removed[-1] if removed else 0))
+        removed.append((removed[-1] if removed else 0) + m.end() - m.start() - 1)
+        last = m.end()
+    if not ends:
+        return text, None
+    parts.append(text[last:])
+    return "".join(parts), _Squeeze(ends, removed)
+
+
+def _unsqueezed(offsets: list[tuple[int, int]], type_ids: list[int],
+                squeezes: tuple[_Squeeze | None, ...]) -> list[tuple[int, int]]:
+    """Offsets into the squeezed texts (the first, or the second for token type 1) -> into the given ones."""
+
+    def back(position: int, squeeze: _Squeeze) -> int:
+        runs = bisect.bisect_right(squeeze.ends, position)  # runs that end at or before it
+        return position + (squeeze.removed[runs - 1] if runs else 0)
+
+    out = []
+    for (start, end), kind in zip(offsets, type_ids):
+        squeeze = squeezes[min(kind, len(squeezes) - 1)]
+        out.append((start, end) if squeeze is None or end == 0 else (back(start, squeeze), back(end, squeeze)))
+    return out
+
+
 # ------------------------------------------------------------------------ vocabulary files
 
 
@@ -566,6 +902,13 @@ def _truncation_flag(truncation: Any) -> bool:
     return modes[truncation]
 
 
+def _warn_truncated(encodings: list[_EngineEncoding], limit: int) -> None:
+    truncated = sum(1 for e in encodings if e.overflowing)
+    if truncated:
+        warnings.warn(f"{truncated} of {len(encodings)} inputs truncated to max_length={limit} tokens",
+                      stacklevel=3)  # at the caller of Tokenizer.__call__
+
+
 def _check_lengths(encodings: list[_EngineEncoding], limit: int) -> None:
     for i, encoding in enumerate(encodings):
         if len(encoding.ids) > limit:
@@ -584,14 +927,15 @@ def _pad(encodings: list[_EngineEncoding], mode: str | None, limit: int, pad_id:
 
 
 def _assemble(encodings: list[_EngineEncoding], batched: bool, return_tensors: str | None,
-              offsets: bool) -> BatchEncoding:
+              offsets: bool, squeezes: list[tuple[_Squeeze | None, ...] | None]) -> BatchEncoding:
     columns: dict[str, list] = {
         "input_ids": [e.ids for e in encodings],
         "token_type_ids": [e.type_ids for e in encodings],
         "attention_mask": [e.attention_mask for e in encodings],
     }
     if offsets:
-        columns["offset_mapping"] = [e.offsets for e in encodings]
+        columns["offset_mapping"] = [e.offsets if s is None else _unsqueezed(e.offsets, e.type_ids, s)
+                                     for e, s in zip(encodings, squeezes)]
     if return_tensors is None:
         return BatchEncoding({k: v if batched else v[0] for k, v in columns.items()})
     lengths = sorted({len(row) for row in columns["input_ids"]})

@@ -95,6 +95,12 @@ class TrainConfig:
         if self.best_metric:
             lower_is_better(self.best_metric)  # an unknown metric is refused before any work
 
+    def check_steps(self) -> None:
+        """Once the number of steps is final (fine-tuning derives it from epochs)."""
+        if self.warmup >= 1 and self.warmup > self.steps:
+            raise BertkitError(f"--warmup {self.warmup:g} steps is more than the run's {self.steps} steps; "
+                               f"give fewer, or a fraction such as 0.1")
+
     def warmup_steps(self) -> int:
         return int(self.warmup * self.steps) if self.warmup < 1 else int(self.warmup)
 
@@ -484,6 +490,7 @@ def fit(
     SIGINT/SIGTERM stop after the current step with a checkpoint, then raise KeyboardInterrupt.
     """
     world = world or World()
+    config.check_steps()
     start_run(config, world)
     config = adapt_to_checkpoint(config, world)
     device = next(objective.model.parameters()).device

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 import os
 import sys
 from collections.abc import Iterator, Sequence
@@ -9,7 +10,8 @@ from dataclasses import dataclass
 from itertools import groupby
 from pathlib import Path
 
-from bertkit.data.corpus import CorpusStats, iter_documents
+from bertkit.data.corpus import CorpusStats, Document, HeldWarnings, describe_paths, iter_documents
+from bertkit.errors import InputError
 from bertkit.tokenizer import Tokenizer
 
 SAMPLE_EVERY = 20  # every 20th sentence is kept to measure the trained vocabulary on
@@ -37,8 +39,23 @@ class VocabSummary:
 
 
 def _sentences(paths: Sequence[str | os.PathLike], stats: CorpusStats, sample: list[str]) -> Iterator[str]:
+    """Every sentence of `paths`; InputError (before any training or writing) when there is none.
+
+    The reader's warnings are held until the first sentence: with no text at all, the error line
+    alone says what was skipped."""
+    warnings = HeldWarnings()
+    documents = iter_documents(paths, stats=stats, warn=warnings)
+    first = next(documents, None)
+    if first is None:
+        skipped = "; ".join(stats.summary()) or "no non-blank lines"
+        raise InputError(f"{describe_paths(paths)}: no text to train a vocabulary on ({skipped})")
+    warnings.release()
+    return _sampled(itertools.chain([first], documents), sample)
+
+
+def _sampled(documents: Iterator[Document], sample: list[str]) -> Iterator[str]:
     seen = 0
-    for doc in iter_documents(paths, stats=stats):
+    for doc in documents:
         for sentence in doc.sentences:
             if seen % SAMPLE_EVERY == 0 and len(sample) < 5000:
                 sample.append(sentence)

@@ -314,3 +314,60 @@ def test_bad_arguments(tmp_path, tok):
             prepare(tmp_path / "a.txt", tok, tmp_path / "out", progress=False, **kwargs)
     with pytest.raises(InputError, match="Tokenizer"):
         prepare(tmp_path / "a.txt", "bert-base-uncased", tmp_path / "out", progress=False)
+
+
+# ------------------------------------------------------------------- damaged or hostile files
+
+
+def _copy(prepared, tmp_path):
+    out = tmp_path / "copy"
+    shutil.copytree(prepared[0], out)
+    return out
+
+
+def _refused(out, match):
+    with pytest.raises(InputError, match=match) as e:
+        load_prepared(out)
+    assert "\n" not in str(e.value)
+
+
+def test_a_directory_where_a_file_belongs_is_a_directory(prepared, tmp_path):
+    out = _copy(prepared, tmp_path)
+    (out / "train" / "shard-00000" / "tokens.npy").unlink()
+    (out / "train" / "shard-00000" / "tokens.npy").mkdir()
+    _refused(out, "shard-00000/tokens.npy: is a directory, expected a .npy file")
+    (out / "meta.json").unlink()
+    (out / "meta.json").mkdir()
+    _refused(out, "meta.json: is a directory")
+
+
+def test_an_npz_archive_under_a_npy_name_is_refused(prepared, tmp_path):
+    out = _copy(prepared, tmp_path)
+    path = out / "train" / "shard-00000" / "tokens.npy"
+    with open(path, "wb") as f:
+        np.savez(f, tokens=np.load(prepared[0] / "train" / "shard-00000" / "tokens.npy"))
+    _refused(out, "tokens.npy: not a .npy array")
+
+
+@pytest.mark.parametrize(
+    "change, match",
+    [
+        ({"token_dtype": "object"}, "token_dtype 'object' is not uint16 or uint32"),
+        ({"tokenizer": "../../elsewhere"}, "is not a folder inside the corpus"),
+        ({"tokenizer": "/etc"}, "is not a folder inside the corpus"),
+    ],
+)
+def test_meta_values_that_point_elsewhere_are_refused(prepared, tmp_path, change, match):
+    out = _copy(prepared, tmp_path)
+    meta = json.loads((out / "meta.json").read_text())
+    (out / "meta.json").write_text(json.dumps({**meta, **change}))
+    _refused(out, match)
+
+
+@pytest.mark.parametrize("name", ["../../outside", "/tmp", 7, None])
+def test_shard_names_must_be_plain_names(prepared, tmp_path, name):
+    out = _copy(prepared, tmp_path)
+    meta = json.loads((out / "meta.json").read_text())
+    meta["splits"]["train"]["shards"][0]["name"] = name
+    (out / "meta.json").write_text(json.dumps(meta))
+    _refused(out, "the train shards are not a list of")

@@ -175,7 +175,7 @@ def test_pairs_match_the_tokenizer_exactly_also_when_truncated(tok, minilm_dir):
     examples = [ChoiceExample("x:1", "The dog ran.", ["It barked.", "A much longer ending " * 6], 0),
                 ChoiceExample("x:2", long, ["short", "also short"], 1),
                 ChoiceExample("x:3", None, ["no context at all", "none " * 30], 0)]
-    task = Choice(DataOptions(max_length=16, long_text="window"))
+    task = Choice(DataOptions(max_length=16, long_text="window", stride=4))
     assert task.options.long_text == "truncate"  # no windows over choices
     featurized = task.featurize(examples, tok, None, BadInput())
     assert featurized.long == 3
@@ -200,7 +200,9 @@ def test_features_pad_to_the_most_choices_with_a_mask(tok):
     assert features[0]["input_ids"][3] == [tok.cls_token_id, tok.sep_token_id]
     assert [f["labels"] for f in features] == [2, 0] and [f["_example"] for f in features] == [0, 1]
     batch = collate(features, tok.pad_token_id)
-    assert batch["input_ids"].shape == (2, 4, 5)  # [CLS] c [SEP] a [SEP] and batch["choice_mask"].shape == (2, 4)
+    assert batch["input_ids"].shape == (2, 4, 5)  # 2 examples, 4 choices, [CLS] c [SEP] a [SEP]
+    assert batch["choice_mask"].shape == (2, 4)
+    assert batch["choice_mask"].tolist() == [[1, 1, 1, 0], [1, 1, 1, 1]]
     assert batch["attention_mask"][0, 3].tolist() == [1, 1, 0, 0, 0]
     unlabelled = Choice().featurize([ChoiceExample("i", None, ["a", "b"])], tok, None, BadInput()).features
     assert "labels" not in unlabelled[0]
@@ -276,7 +278,22 @@ def test_finetune_saves_a_multiple_choice_model(finetuned):
     assert [r["step"] for r in rows if r["split"] == "valid"] == [5, 10]  # 40 examples / 8: an evaluation per epoch
     assert all(set(r) >= {"loss", "accuracy"} for r in rows if r["split"] == "train")
     dev = json.loads((finetuned / "dev_metrics.json").read_text())
-    assert dev["accuracy"] * 12 == pytest.approx(round(dev["accuracy"] * 12))
+    valid = [r for r in rows if r["split"] == "valid"]
+    best = max(valid, key=lambda r: (r["accuracy"], -r["step"]))  # the earliest of the best
+    assert (dev["step"], dev["accuracy"]) == (best["step"], best["accuracy"])
+
+
+def test_dev_accuracy_is_the_saved_models_share_of_right_answers(finetuned):
+    """dev_metrics.json's accuracy, recounted by hand: the saved (best) model's choices against the
+    12 dev labels, one by one."""
+    from bertkit.finetune import load_finetuned, predict_examples
+
+    loaded = load_finetuned(finetuned)
+    examples = read(DEV)
+    predictions = predict_examples(loaded.task, loaded.model, loaded.tokenizer, examples)
+    right = sum(p.label == e.label for p, e in zip(predictions, examples, strict=True))
+    dev = json.loads((finetuned / "dev_metrics.json").read_text())
+    assert len(examples) == 12 and dev["accuracy"] == right / 12, (dev, right)
 
 
 def test_evaluate_json_and_predict_jsonl(finetuned, tmp_path, capsys):

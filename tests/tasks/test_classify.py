@@ -109,6 +109,54 @@ def test_label_unseen_in_training_is_an_error_at_evaluation(tmp_path, tok):
     assert len(task.featurize(examples, tok, config, BadInput(skip=True)).features) == 1
 
 
+def engine_spy(monkeypatch) -> list[int]:
+    """Characters of every text that reaches the tokenizer's engine."""
+    import bertkit.tokenizer as tokenizer_module
+
+    seen: list[int] = []
+    real = tokenizer_module._encode
+
+    def spy(engine, inputs, **options):
+        seen.extend(len(x) if isinstance(x, str) else sum(len(t) for t in x) for x in inputs)
+        return real(engine, inputs, **options)
+
+    monkeypatch.setattr(tokenizer_module, "_encode", spy)
+    return seen
+
+
+def test_truncated_long_texts_featurize_as_the_whole_texts_would(tok):
+    rng = random.Random(3)
+    vocabulary = GOOD + BAD + NOUNS + ["中文汉字", "naïve", "😀", "\u3000", "[MASK]", ",", "   ", "\x00", "a" * 120]
+
+    def text(n: int) -> str:
+        return " ".join(rng.choice(vocabulary) for _ in range(n))
+
+    examples = [TextExample("a", text(400), label="x"), TextExample("b", text(5), text(500), "x"),
+                TextExample("c", text(300), text(301), "x"), TextExample("d", text(301), text(300), "x"),
+                TextExample("e", "short", label="x")]
+    out = Classify(DataOptions(max_length=33)).featurize(examples, tok, BertConfig(id2label={0: "x"}), BadInput())
+    engine = tok._truncating_engine(33)  # the whole texts, tokenized at once
+    expected = [engine.encode(e.text) if e.text_pair is None else engine.encode(e.text, e.text_pair) for e in examples]
+    assert [f["input_ids"] for f in out.features] == [e.ids for e in expected]
+    assert [f["token_type_ids"] for f in out.features] == [e.type_ids for e in expected]
+    assert out.long == 4
+
+
+def test_a_huge_line_is_tokenized_only_as_far_as_truncation_needs(tok, finetuned, tmp_path, monkeypatch, capsys):
+    huge = "the film was long and the story was wonderful , " * 100_000  # 5 MB
+    seen = engine_spy(monkeypatch)
+    task = Classify(DataOptions(max_length=16))
+    out = task.featurize([TextExample("a", huge, label="x")], tok, BertConfig(id2label={0: "x"}), BadInput())
+    assert sum(seen) < 10_000 and out.long == 1
+    assert out.features[0]["input_ids"] == tok._truncating_engine(16).encode(huge[:5_000]).ids
+    # and end to end: `bertkit predict` on a file holding that line
+    path = tmp_path / "huge.txt"
+    path.write_text(huge + "\n")
+    assert main(["predict", "--model", str(finetuned), "--input", str(path), "--output", str(tmp_path / "p.jsonl")]) == 0
+    assert "1 examples (1 longer than 16 tokens, truncated)" in capsys.readouterr().err
+    assert sum(seen) < 20_000 and json.loads((tmp_path / "p.jsonl").read_text())["text"] == huge.strip()
+
+
 def test_labels_sorted_numerically_when_integers():
     examples = [TextExample("x", "t", label=v) for v in ["10", "2", "1", "2"]]
     assert Classify().label_names(examples) == ["1", "2", "10"]
@@ -321,8 +369,34 @@ def test_cli_errors_are_one_line(tmp_path, tiny_model_dir, capsys):
     assert "skipped 1 bad line(s)" in capsys.readouterr().out
 
 
+def test_skipped_unseen_labels_leave_evaluate_and_finetune_aligned(finetuned, sentiment_files, tiny_model_dir,
+                                                                   tmp_path, capsys):
+    # Regression: a dev line whose label the model never saw was reported and skipped by the
+    # featurizer but stayed among the examples, and post-processing crashed on it.
+    good = sentiment_rows(8, 5)
+    data = write_csv(tmp_path / "dev.csv", good[:4] + [("the film was so-so .", "neutral")] + good[4:])
+    args = ["evaluate", "--model", str(finetuned), "--data", str(data), "--json"]
+    assert main(args) == 2
+    assert "dev.csv:6: label 'neutral' was not in the training data" in capsys.readouterr().err
+    assert main(args + ["--skip-bad-lines"]) == 0
+    captured = capsys.readouterr()
+    assert "8 examples" in captured.err and "skipped 1 bad line(s)" in captured.err
+    assert main(["evaluate", "--model", str(finetuned), "--data", str(write_csv(tmp_path / "good.csv", good)),
+                 "--json"]) == 0
+    assert json.loads(captured.out) == json.loads(capsys.readouterr().out)  # as if the line were not there
+    train, _ = sentiment_files
+    assert main(["finetune", "--task", "classify", "--model", str(tiny_model_dir), "--train", str(train),
+                 "--dev", str(data), "--out", str(tmp_path / "out"), "--epochs", "1", "--max-length", "16",
+                 "--skip-bad-lines", "--no-progress"]) == 0
+    assert "dev: 8 examples" in capsys.readouterr().out
+    # every example skipped: one line, not an empty evaluation
+    only_bad = write_csv(tmp_path / "bad.csv", [("meh", "neutral")])
+    assert main(["evaluate", "--model", str(finetuned), "--data", str(only_bad), "--skip-bad-lines"]) == 2
+    assert "nothing left to use: all 1 example(s) were skipped as bad input" in capsys.readouterr().err
+
+
 def test_unknown_task_and_wrong_model_kind(tmp_path, tiny_model_dir, capsys):
     assert main(["finetune", "--task", "summarise", "--model", str(tiny_model_dir), "--train", "x.csv",
                  "--out", str(tmp_path)]) == 2
-    assert "unknown task 'summarise'" in capsys.readouterr().err
+    assert "--task must be one of classify, tag, qa, choice; got 'summarise'" in capsys.readouterr().err
     assert make_task("classify").name == "classify"

@@ -209,6 +209,32 @@ def test_a_long_question_is_cut_to_make_room_for_the_context(tok):
     assert len(features) == 3  # 30 context tokens in windows of 17 tokens overlapping by 8: 0-17, 9-26, 18-30
 
 
+def test_long_contexts_in_chunks_and_huge_questions_featurize_as_the_whole_would(windowed, tok, monkeypatch):
+    import bertkit.tokenizer as tokenizer_module
+
+    task, examples, featurized = windowed
+    monkeypatch.setattr(tokenizer_module, "CHUNK_CHARS", 60)  # every fixture context in many chunks
+    again = task.featurize(list(examples), tok, BertConfig(), BadInput())
+    assert again.long == featurized.long and len(again.features) == len(featurized.features)
+    for f, g in zip(featurized.features, again.features):
+        assert f.keys() == g.keys()
+        for key in f:
+            assert np.array_equal(f[key], g[key]), key
+    monkeypatch.undo()
+
+    seen: list[int] = []  # characters of every text that reaches the engine
+    real = tokenizer_module._encode
+
+    def spy(engine, inputs, **options):
+        seen.extend(len(x) for x in inputs)
+        return real(engine, inputs, **options)
+
+    monkeypatch.setattr(tokenizer_module, "_encode", spy)
+    (e,) = task.parse([{"question": "why " * 1_250_000, "context": "because it is so ."}])  # a 5 MB question
+    (f,) = task.featurize([e], tok, BertConfig(), BadInput()).features
+    assert sum(seen) < 5_000 and f["input_ids"][:34] == [tok.cls_token_id, *[tok.vocab["why"]] * 32, tok.sep_token_id]
+
+
 # ---- post-processing ----------------------------------------------------------------------------------
 
 
@@ -418,6 +444,27 @@ def test_evaluate_json_and_predict_jsonl(finetuned, small_squad, tmp_path, capsy
     assert main(["predict", "--model", str(finetuned), "--input", str(lines), "--output", "-"]) == 0
     (row,) = [json.loads(x) for x in capsys.readouterr().out.splitlines()]
     assert row["id"] == "r" and row["answer"] == rows[-4]["answer"]  # the same question as in the file
+
+
+def test_a_question_whose_answer_covers_no_token_is_skipped_everywhere(finetuned, tok, tmp_path, capsys):
+    # The featurizer finds that the answer (a zero-width space) covers no token: the question is
+    # reported, and with --skip-bad-lines it leaves the examples, neither predicted nor scored.
+    context = "The Rhine rises in the Swiss Alps.\u200b It flows north."
+    good = [{"id": "good", "question": "Which river?", "answers": [{"text": "Rhine", "answer_start": 4}]}]
+    invisible = {"id": "invisible", "question": "What?", "answers": [{"text": "\u200b", "answer_start": 34}]}
+    path = squad(tmp_path / "dev.json", [(context, [good[0], invisible])])
+    task = make_task("qa", DataOptions(max_length=64))
+    with pytest.raises(InputError, match=r"dev.json:\d+: question 'invisible': the answer '\\u200b' covers no token"):
+        task.featurize(task.read(path, BadInput()), tok, BertConfig(), BadInput())
+    examples = task.read(path, BadInput())
+    featurized = task.featurize(examples, tok, BertConfig(), BadInput(skip=True))
+    assert [e.id for e in examples] == ["good"] and {f["_example"] for f in featurized.features} == {0}
+    assert main(["evaluate", "--model", str(finetuned), "--data", str(path), "--json", "--skip-bad-lines"]) == 0
+    captured = capsys.readouterr()
+    assert "1 examples" in captured.err and "skipped 1 bad line(s)" in captured.err
+    clean = squad(tmp_path / "good.json", [(context, good)])
+    assert main(["evaluate", "--model", str(finetuned), "--data", str(clean), "--json"]) == 0
+    assert json.loads(captured.out) == json.loads(capsys.readouterr().out)
 
 
 def test_pipeline(finetuned):

@@ -18,7 +18,16 @@ from bertkit.heads import IGNORE
 from bertkit.tasks import BadInput, DataOptions
 from bertkit.tasks import peoples_daily as pd
 from bertkit.tasks.base import collate
-from bertkit.tasks.tag import Entity, Sentence, Tag, TagPrediction, entities, join_words, split_text
+from bertkit.tasks.tag import (
+    Entity,
+    Sentence,
+    Tag,
+    TagPrediction,
+    entities,
+    join_words,
+    split_text,
+    word_pieces,
+)
 from tests.conftest import tiny_config
 
 FIXTURES = Path(__file__).parent / "fixtures"
@@ -116,12 +125,12 @@ def test_tag_unseen_in_training_is_reported_at_its_line(tmp_path, tok):
     with pytest.raises(InputError, match=r"dev.conll:4: tag 'B-CITY' was not in the training data"):
         Tag().featurize(sentences, tok, config, BadInput())
     featurized = Tag().featurize(sentences, tok, config, BadInput(skip=True))
-    assert {f["_example"] for f in featurized.features} == {0}
-    # the skipped sentence has no prediction and takes no part in the metrics
+    # the skipped sentence leaves the list, as a line skipped when read: no prediction, no metrics
+    assert [s.words for s in sentences] == [["John"]] and {f["_example"] for f in featurized.features} == {0}
     outputs = [{"logits": np.tile([0.0, 1.0], (len(f["input_ids"]), 1))} for f in featurized.features]
     task = Tag()
     predictions = task.postprocess(sentences, featurized.features, outputs, config)
-    assert predictions[1] is None and predictions[0].tags == ["B-PER"]
+    assert [p.tags for p in predictions] == [["B-PER"]]
     assert task.metrics(sentences, predictions, config)["f1"] == 1.0
 
 
@@ -162,6 +171,35 @@ def test_truncation_counts_long_sentences_and_predicts_cut_words_as_o(tok):
     logits = np.eye(3)[[0, 2, 2, 2, 0]]  # every position says B-PER
     prediction = task.postprocess([Sentence("x", words)], [f], [{"logits": logits}], config)[0]
     assert prediction.tags == ["B-PER", "B-PER", "O", "O", "O"]
+
+
+def test_truncation_tokenizes_only_the_words_it_keeps(tok, monkeypatch, caplog):
+    rng = random.Random(0)
+    vocabulary = PEOPLE + PLACES + ["unaffable", "中", "\x00", "", "[MASK]", "naïve", "😀", "a" * 120, "e.g."]
+    words = [rng.choice(vocabulary) for _ in range(300)]
+    config = labelled_config(["O"])
+    truncated = Tag(DataOptions(max_length=16)).featurize([Sentence("x", words)], tok, config, BadInput())
+    windowed = Tag(DataOptions(max_length=16, long_text="window", stride=4)).featurize(
+        [Sentence("x", words)], tok, config, BadInput())
+    (f,) = truncated.features
+    assert f["input_ids"] == windowed.features[0]["input_ids"] and truncated.long == 1  # the first window
+    p = tok.pieces([words], split_into_words=True)[0]
+    _, firsts = word_pieces(p.ids, p.word_ids, len(words), tok.unk_token_id)
+    assert f"{sum(1 for x in firsts if x >= 14)} words beyond max_length 16" in caplog.text  # as counted on all
+
+    import bertkit.tokenizer as tokenizer_module
+
+    seen: list[int] = []  # words of every sentence that reaches the engine
+    real = tokenizer_module._encode
+
+    def spy(engine, inputs, **options):
+        seen.extend(len(x) for x in inputs)
+        return real(engine, inputs, **options)
+
+    monkeypatch.setattr(tokenizer_module, "_encode", spy)
+    huge = Sentence("y", ["word"] * 1_000_000)
+    out = Tag(DataOptions(max_length=16)).featurize([huge], tok, config, BadInput())
+    assert seen == [15] and out.long == 1 and len(out.features[0]["input_ids"]) == 16  # room + 1 words
 
 
 def _by_first_piece(features, n_labels):
@@ -414,6 +452,18 @@ def test_evaluate_json_and_predict_jsonl(finetuned, ner_files, tmp_path, capsys)
     # a CoNLL file is read with the task's reader (its tags ignored)
     assert main(["predict", "--model", str(finetuned), "--input", str(dev), "--output", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 24
+
+
+def test_evaluate_skips_a_sentence_with_an_unseen_tag_everywhere(finetuned, tmp_path, capsys):
+    # A sentence skipped by the featurizer leaves the examples: it is neither counted nor scored.
+    good = ner_sentences(6, 3)
+    data = write_conll(tmp_path / "dev.conll", good[:3] + [[("mary", "B-CITY")]] + good[3:])
+    assert main(["evaluate", "--model", str(finetuned), "--data", str(data), "--json", "--skip-bad-lines"]) == 0
+    captured = capsys.readouterr()
+    assert "6 examples" in captured.err and "skipped 1 bad line(s)" in captured.err
+    clean = write_conll(tmp_path / "good.conll", good)
+    assert main(["evaluate", "--model", str(finetuned), "--data", str(clean), "--json"]) == 0
+    assert json.loads(captured.out) == json.loads(capsys.readouterr().out)
 
 
 def test_pipeline_on_strings_and_word_lists(finetuned):

@@ -36,7 +36,8 @@ from typing import IO, Union
 
 from bertkit.errors import InputError
 
-__all__ = ["CorpusStats", "Document", "iter_documents", "resolve_files"]
+__all__ = ["CorpusStats", "Document", "HeldWarnings", "describe_paths", "iter_documents", "released_on_first",
+           "resolve_files"]
 
 log = logging.getLogger("bertkit")
 
@@ -143,6 +144,46 @@ class _Warner:
         for reason, n in sorted(self.seen.items()):
             if n > self.cap:
                 self.warn(f"... {n - self.cap} more '{REASONS[reason]}' warnings not shown ({n} in all)")
+
+
+class HeldWarnings:
+    """A ``warn`` function that holds the warnings back until ``release()``.
+
+    A run that finds no text at all then ends with one error line that sums the skipped input up
+    (``CorpusStats.summary``), rather than a warning per file followed by the error."""
+
+    def __init__(self, warn: WarnFn | None = None) -> None:
+        self.warn = warn if warn is not None else log.warning
+        self.held: list[str] | None = []
+
+    def __call__(self, message: str) -> None:
+        if self.held is None:
+            self.warn(message)
+        else:
+            self.held.append(message)
+
+    def release(self) -> None:
+        """Send the held warnings on, and from now on every warning as it comes."""
+        held, self.held = self.held or [], None
+        for message in held:
+            self.warn(message)
+
+
+def released_on_first(items: Iterator, warnings: HeldWarnings) -> Iterator:
+    """``items`` unchanged; ``warnings`` are released as soon as the first item arrives."""
+    for item in items:
+        warnings.release()
+        yield item
+        break
+    yield from items
+
+
+def describe_paths(paths: PathLike | Iterable[PathLike]) -> str:
+    """The input named in a message: 'a.txt', or 'a.txt and 3 more'."""
+    items = [paths] if isinstance(paths, (str, os.PathLike)) else list(paths)
+    if not items:
+        return "the input"
+    return f"{items[0]}" + (f" and {len(items) - 1} more" if len(items) > 1 else "")
 
 
 # ------------------------------------------------------------------------------------ paths

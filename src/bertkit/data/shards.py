@@ -33,7 +33,16 @@ from typing import Any
 
 import numpy as np
 
-from bertkit.data.corpus import CorpusStats, Document, PathLike, WarnFn, iter_documents
+from bertkit.data.corpus import (
+    CorpusStats,
+    Document,
+    HeldWarnings,
+    PathLike,
+    WarnFn,
+    describe_paths,
+    iter_documents,
+    released_on_first,
+)
 from bertkit.errors import InputError
 from bertkit.fileio import TMP_PREFIX, fsync_dir, write_text_atomically
 from bertkit.tokenizer import SPECIAL_TOKENS, Tokenizer
@@ -131,8 +140,10 @@ def prepare(
     _check_prepare_args(tokenizer, valid_fraction, shard_tokens, seed)
     segment = _load_segmenter(segmenter)
     stats = PrepareStats()
-    documents = iter_documents(paths, warn=warn, max_line_chars=max_line_chars, text_field=text_field,
+    held = HeldWarnings(warn)  # until the first document: no text at all is one error line, not a warning each
+    documents = iter_documents(paths, warn=held, max_line_chars=max_line_chars, text_field=text_field,
                                stats=stats.corpus)  # raises for missing paths, before any writing
+    documents = released_on_first(documents, held)
     if document_sentences is not None:
         if not isinstance(document_sentences, int) or document_sentences < 1:
             raise InputError(f"document_sentences must be a positive int, got {document_sentences!r}")
@@ -147,7 +158,7 @@ def prepare(
         setattr(stats, split, writer.stats)
     if not stats.train.documents:
         skipped = "; ".join(stats.corpus.summary()) or "no non-blank lines"
-        raise InputError(f"no text to prepare in the input ({skipped})")
+        raise InputError(f"{describe_paths(paths)}: no text to prepare ({skipped})")
     tokenizer.save_pretrained(out_dir / TOKENIZER_DIR)
     meta = _meta(tokenizer, writers, stats, valid_fraction=valid_fraction, seed=seed, segmenter=segmenter,
                  text_field=text_field, shard_tokens=shard_tokens)
@@ -502,6 +513,8 @@ def _meta(tokenizer: Tokenizer, writers: dict[str, _ShardWriter], stats: Prepare
 def read_meta(out_dir: PathLike) -> dict[str, Any]:
     """The meta.json of a prepared corpus, checked for format and version."""
     path = Path(out_dir) / META_FILE
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected the corpus's JSON index")
     if not path.is_file():
         raise InputError(f"{out_dir}: no {META_FILE}, not a prepared corpus (run prepare first, "
                          "and let it finish)")
@@ -509,6 +522,8 @@ def read_meta(out_dir: PathLike) -> dict[str, Any]:
         meta = json.loads(path.read_text(encoding="utf-8"))
     except (UnicodeDecodeError, json.JSONDecodeError) as e:
         raise InputError(f"{path}: not valid JSON ({e})") from None
+    except OSError as e:
+        raise InputError(f"{path}: cannot read ({e.strerror or e})") from None
     if not isinstance(meta, dict) or meta.get("format") != FORMAT:
         raise InputError(f"{path}: not a bertkit shard index (format is not {FORMAT!r})")
     if meta.get("version") != FORMAT_VERSION:
@@ -517,7 +532,26 @@ def read_meta(out_dir: PathLike) -> dict[str, Any]:
     splits = meta.get("splits")
     if not isinstance(splits, dict) or not all(isinstance(splits.get(s), dict) for s in SPLITS):
         raise InputError(f"{path}: no 'splits' entry for {' and '.join(SPLITS)}")
+    _check_meta_values(path, meta)
     return meta
+
+
+def _check_meta_values(path: Path, meta: dict[str, Any]) -> None:
+    """The entries that name files and types: plain names inside the corpus, known dtypes only."""
+    if meta.get("token_dtype", "uint16") not in ("uint16", "uint32"):
+        raise InputError(f"{path}: token_dtype {meta.get('token_dtype')!r} is not uint16 or uint32")
+    if not _is_plain_name(meta.get("tokenizer", TOKENIZER_DIR)):
+        raise InputError(f"{path}: tokenizer {meta.get('tokenizer')!r} is not a folder inside the corpus")
+    for split in SPLITS:
+        shards = meta["splits"][split].get("shards", [])
+        if not isinstance(shards, list) or not all(
+                isinstance(s, dict) and _is_plain_name(s.get("name")) for s in shards):
+            raise InputError(f"{path}: the {split} shards are not a list of {{name, documents, sentences, tokens}}")
+
+
+def _is_plain_name(name: Any) -> bool:
+    """A file or folder name with no path in it (meta.json must not point outside the corpus)."""
+    return isinstance(name, str) and name not in ("", ".", "..") and Path(name).name == name
 
 
 class _Shard:
@@ -546,13 +580,26 @@ class _Shard:
 
 
 def _load(directory: Path, filename: str) -> np.ndarray:
+    """A shard array, memory-mapped. allow_pickle=False: an object array or a pickle in disguise
+    is refused rather than unpickled (unpickling can run code)."""
     path = directory / filename
+    if path.is_dir():
+        raise InputError(f"{path}: is a directory, expected a .npy file (damaged corpus; prepare it again)")
     if not path.is_file():
         raise InputError(f"{path}: missing (damaged or incomplete corpus; prepare it again)")
     try:
-        return np.load(path, mmap_mode="r", allow_pickle=False)
-    except (OSError, ValueError) as e:
-        raise InputError(f"{path}: not a readable .npy file ({e})") from None
+        array = np.load(path, mmap_mode="r", allow_pickle=False)
+    except (OSError, ValueError, EOFError) as e:
+        raise InputError(f"{path}: not a readable .npy file ({_first_line(e)})") from None
+    if not isinstance(array, np.ndarray):  # an .npz archive under a .npy name
+        array.close()
+        raise InputError(f"{path}: not a .npy array ({type(array).__name__}; damaged corpus, prepare it again)")
+    return array
+
+
+def _first_line(e: BaseException) -> str:
+    lines = str(e).strip().splitlines()
+    return lines[0] if lines else type(e).__name__
 
 
 class ShardedCorpus:

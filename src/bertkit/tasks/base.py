@@ -11,6 +11,7 @@ A task family is one small unit (classify.py, tag.py, qa.py, choice.py):
 
 from __future__ import annotations
 
+import bisect
 import csv
 import io
 import json
@@ -72,6 +73,9 @@ class DataOptions:
         not_empty("label_separator", self.label_separator)
         at_least("max_length", self.max_length, 5)  # [CLS], two [SEP]s and a token of each text
         at_least("stride", self.stride, 0)
+        if self.long_text == "window" and self.stride >= self.max_length - 2:
+            raise InputError(f"--stride {self.stride} must be less than --max-length {self.max_length} minus 2 "
+                             f"([CLS] and [SEP]), or consecutive windows would not move forward")
         if self.no_answer_threshold is not None:
             finite("no_answer_threshold", self.no_answer_threshold)
 
@@ -157,16 +161,19 @@ def _table_records(path: Path, lines: list[str], bad: BadInput, delimiter: str):
     quoting = csv.QUOTE_NONE if delimiter == "\t" else csv.QUOTE_MINIMAL
     reader = csv.reader(io.StringIO("\n".join(lines)), delimiter=delimiter, quoting=quoting)
     header = None
+    end = 0  # the line the previous row ended on: a quoted field may run over several lines
     try:
         for row in reader:
+            start, end = end + 1, reader.line_num
             if not row or not any(f.strip() for f in row):
                 continue
             if header is None:
                 header = [h.strip() for h in row]
                 continue
-            where = f"{path}:{reader.line_num}"
+            where = f"{path}:{start}"
             if len(row) != len(header):
-                bad(where, f"expected {len(header)} fields (as the header), found {len(row)}")
+                spans = f"; the row runs to line {end}: a quote left open?" if end > start else ""
+                bad(where, f"expected {len(header)} fields (as the header), found {len(row)}{spans}")
                 continue
             yield where, dict(zip(header, row))
     except csv.Error as e:
@@ -213,13 +220,16 @@ def windows(length: int, size: int, stride: int) -> list[tuple[int, int]]:
 
 def max_context(spans: list[tuple[int, int]], position: int) -> int:
     """Index of the span in which `position` has the most context on its shorter side
-    (BERT's rule for tokens seen by several overlapping windows)."""
+    (BERT's rule for tokens seen by several overlapping windows). `spans` are sorted, as windows()
+    makes them, so only the few that hold `position` are looked at: a long text has thousands."""
     best, best_score = 0, -1.0
-    for i, (start, end) in enumerate(spans):
-        if start <= position < end:
-            score = min(position - start, end - 1 - position) + 0.01 * (end - start)
-            if score > best_score:
-                best, best_score = i, score
+    i = bisect.bisect_right(spans, position, key=lambda span: span[1])  # the first span ending after it
+    while i < len(spans) and spans[i][0] <= position:
+        start, end = spans[i]
+        score = min(position - start, end - 1 - position) + 0.01 * (end - start)
+        if score > best_score:
+            best, best_score = i, score
+        i += 1
     return best
 
 
@@ -324,6 +334,24 @@ class Featurized:
     """Examples longer than max_length (truncated, or split into windows)."""
 
 
+def drop_skipped(examples: list, features: list[Feature], skipped: set[int]) -> list[Feature]:
+    """Take the examples a featurizer skipped (bad input it reported, such as a label the model never
+    saw) out of ``examples``, in place, and renumber the features' _example to match: predictions
+    and metrics then cover the same examples, as for lines skipped when the file was read."""
+    if not skipped:
+        return features
+    if len(skipped) == len(examples):
+        raise InputError(f"nothing left to use: all {len(examples):,} example(s) were skipped as bad input")
+    position: dict[int, int] = {}
+    for i in range(len(examples)):
+        if i not in skipped:
+            position[i] = len(position)
+    examples[:] = [e for i, e in enumerate(examples) if i not in skipped]
+    for f in features:
+        f["_example"] = position[f["_example"]]
+    return features
+
+
 class Task:
     """One task family. Subclasses fill in each step; finetune.py and pipeline.py drive them."""
 
@@ -357,6 +385,8 @@ class Task:
 
     # featurizer
     def featurize(self, examples: list, tokenizer, config: BertConfig, bad: BadInput) -> Featurized:
+        """Features of ``examples``; an example skipped as bad input here is also removed from
+        ``examples`` (drop_skipped), so that the list stays aligned with the predictions."""
         raise NotImplementedError
 
     # head / loss

@@ -179,9 +179,11 @@ class Choice(Task):
 
     def featurize(self, examples: list[ChoiceExample], tokenizer, config: BertConfig, bad: BadInput) -> Featurized:
         limit = self.options.max_length
-        contexts = tokenizer.pieces([e.context or "" for e in examples])
+        # Whether a sequence fits needs only its first pieces (more than max_length tells it does
+        # not), so a huge context or candidate is tokenized only that far; the tokenizer truncates.
+        contexts = tokenizer.pieces([e.context or "" for e in examples], max_pieces=limit)
         flat = [c for e in examples for c in e.choices]
-        pieces = iter(tokenizer.pieces(flat))
+        pieces = iter(tokenizer.pieces(flat, max_pieces=limit))
         sequences: list[list[tuple[list[int], list[int]] | None]] = []
         too_long: list[tuple[int, int]] = []  # (example, choice) pairs the tokenizer must truncate
         long = 0

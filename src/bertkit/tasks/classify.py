@@ -19,7 +19,7 @@ from torch import Tensor, nn
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
 from bertkit.heads import classification_loss
-from bertkit.tasks.base import BadInput, Featurized, Task, pick_field, read_records, windows
+from bertkit.tasks.base import BadInput, Featurized, Task, drop_skipped, pick_field, read_records, windows
 from bertkit.train import StepSums
 
 TEXT_FIELDS = ("text", "sentence1", "premise", "question1", "question", "sentence", "review", "content")
@@ -138,13 +138,18 @@ class Classify(Task):
     def featurize(self, examples: list[TextExample], tokenizer, config: BertConfig, bad: BadInput) -> Featurized:
         o = self.options
         label2id = config.label2id
-        firsts = tokenizer.pieces([e.text for e in examples])
-        seconds = tokenizer.pieces([e.text_pair or "" for e in examples])
+        # Truncation needs only a text's first pieces (more than max_length tells it is long), so a
+        # 50 MB line is tokenized only that far; windows need them all.
+        cap = o.max_length if o.long_text == "truncate" else None
+        firsts = tokenizer.pieces([e.text for e in examples], max_pieces=cap)
+        seconds = tokenizer.pieces([e.text_pair or "" for e in examples], max_pieces=cap)
         features, long = [], 0
         truncated_inputs: list[int] = []
+        skipped: set[int] = set()
         for i, (e, a, b) in enumerate(zip(examples, firsts, seconds)):
             target = self._target(e, label2id, config, bad)
             if target is _SKIP:
+                skipped.add(i)
                 continue
             specials = 3 if e.text_pair is not None else 2
             if len(a.ids) + len(b.ids) + specials > o.max_length:
@@ -158,7 +163,7 @@ class Classify(Task):
                 features.append(feature)
         if truncated_inputs:
             self._truncate(tokenizer, examples, features, truncated_inputs)
-        return Featurized(features, long)
+        return Featurized(drop_skipped(examples, features, skipped), long)
 
     def _target(self, e: TextExample, label2id: dict[str, int], config: BertConfig, bad: BadInput) -> Any:
         if e.label is None:
@@ -189,14 +194,21 @@ class Classify(Task):
         return [([cls, *a, sep, *b[s:t], sep], [0] * (len(a) + 2) + [1] * (t - s + 1)) for s, t in spans]
 
     def _truncate(self, tokenizer, examples, features, positions) -> None:
-        """Longest-first truncation by the tokenizer itself, so ids match other BERT tokenizers exactly."""
-        chosen = [examples[features[p]["_example"]] for p in positions]
-        pairs = [e.text_pair for e in chosen] if chosen[0].text_pair is not None else None
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # finetune reports the number of truncated examples itself
-            enc = tokenizer([e.text for e in chosen], pairs, truncation=True, max_length=self.options.max_length)
-        for p, ids, types in zip(positions, enc["input_ids"], enc["token_type_ids"]):
-            features[p]["input_ids"], features[p]["token_type_ids"] = ids, types
+        """Longest-first truncation by the tokenizer itself, so ids match other BERT tokenizers exactly
+        (it reads a long text only as far as the kept pieces need)."""
+        paired = [p for p in positions if examples[features[p]["_example"]].text_pair is not None]
+        single = [p for p in positions if examples[features[p]["_example"]].text_pair is None]
+        for group in (single, paired):  # pipeline inputs may mix texts and pairs
+            if not group:
+                continue
+            chosen = [examples[features[p]["_example"]] for p in group]
+            pairs = [e.text_pair for e in chosen] if group is paired else None
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore")  # finetune reports the number of truncated examples itself
+                enc = tokenizer([e.text for e in chosen], pairs, truncation=True,
+                                max_length=self.options.max_length)
+            for p, ids, types in zip(group, enc["input_ids"], enc["token_type_ids"]):
+                features[p]["input_ids"], features[p]["token_type_ids"] = ids, types
 
     # ---- head and loss
 

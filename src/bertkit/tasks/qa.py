@@ -22,7 +22,7 @@ from collections import Counter, defaultdict
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple
 
 import numpy as np
 from torch import Tensor, nn
@@ -36,6 +36,7 @@ from bertkit.tasks.base import (
     Feature,
     Featurized,
     Task,
+    drop_skipped,
     max_context,
     read_records,
     windows,
@@ -163,23 +164,28 @@ class QuestionAnswering(Task):
 
     def featurize(self, examples: list[QAExample], tokenizer, config: BertConfig, bad: BadInput) -> Featurized:
         features, long = [], 0
+        skipped: set[int] = set()
         for begin in range(0, len(examples), CHUNK):
             chunk = examples[begin:begin + CHUNK]
-            questions = tokenizer.pieces([e.question for e in chunk])
+            # a question is cut to MAX_QUESTION_TOKENS, so only that many of its pieces are needed
+            questions = tokenizer.pieces([e.question for e in chunk], max_pieces=MAX_QUESTION_TOKENS)
             contexts = distinct_pieces(tokenizer, [e.context for e in chunk])
             for i, (e, q, c) in enumerate(zip(chunk, questions, contexts), start=begin):
                 windowed = self._example_features(i, e, q.ids, c, tokenizer, bad)
+                if not windowed:
+                    skipped.add(i)
                 long += len(windowed) > 1
                 features += windowed
-        return Featurized(features, long)
+        return Featurized(drop_skipped(examples, features, skipped), long)
 
-    def _example_features(self, i: int, e: QAExample, q_ids: list[int], c, tokenizer, bad: BadInput) -> list[Feature]:
+    def _example_features(self, i: int, e: QAExample, q_ids: Sequence[int], c: Context, tokenizer,
+                          bad: BadInput) -> list[Feature]:
         o = self.options
         target = answer_tokens(e.answers[0], c.offsets) if e.answers else None
         if e.answers and target is None:
             bad(e.where, f"question {e.id!r}: the answer {e.answers[0].text!r} covers no token of the context")
             return []
-        q_ids = q_ids[:min(MAX_QUESTION_TOKENS, o.max_length // 2)]
+        q_ids = list(q_ids[:min(MAX_QUESTION_TOKENS, o.max_length // 2)])
         spans = windows(len(c.ids), o.max_length - len(q_ids) - 3, o.stride)
         features = []
         for w in range(len(spans)):
@@ -245,15 +251,23 @@ def squad_records(path: Path, document: dict, text: str):
     data = document.get("data")
     if not isinstance(data, list):
         raise InputError(f"{path}: 'data' should be a list of articles")
-    for article in data:
-        for paragraph in (article or {}).get("paragraphs", []) if isinstance(article, dict) else []:
+    for a, article in enumerate(data):
+        for p, paragraph in enumerate(_list_in(article, "paragraphs", f"{path}: article {a}")):
             context = paragraph.get("context") if isinstance(paragraph, dict) else None
-            for qa in paragraph.get("qas", []) if isinstance(paragraph, dict) else []:
+            for qa in _list_in(paragraph, "qas", f"{path}: article {a}, paragraph {p}"):
                 if not isinstance(qa, dict):
                     continue
                 qid = str(qa.get("id", ""))
                 where = f"{path}:{lines[qid]}" if qid in lines else f"{path} (question {qid!r})"
                 yield where, {**qa, "context": context}
+
+
+def _list_in(record, key: str, where: str) -> list:
+    """record[key] when it is a list (absent: empty); anything else is a one-line error."""
+    value = record.get(key, []) if isinstance(record, dict) else []
+    if not isinstance(value, list):
+        raise InputError(f"{where}: {key!r} should be a list, got {type(value).__name__}")
+    return value
 
 
 _ID = re.compile(r'"id"\s*:\s*"((?:[^"\\]|\\.)*)"')
@@ -305,20 +319,31 @@ def gold_answers(record: dict, example: QAExample, bad: BadInput) -> list[Answer
 # ---- featurizer ----------------------------------------------------------------------------------------
 
 
-def answer_tokens(answer: Answer, offsets: Sequence[tuple[int, int]]) -> tuple[int, int] | None:
+class Context(NamedTuple):
+    """A context's pieces: ids, and their character spans as an (N, 2) array, which each window
+    slices (a long context has millions of pieces; tuples would take 15 times the memory)."""
+
+    ids: Sequence[int]
+    offsets: np.ndarray
+
+
+def answer_tokens(answer: Answer, offsets: Sequence[tuple[int, int]] | np.ndarray) -> tuple[int, int] | None:
     """First and last context token overlapping the answer's characters; None when none does."""
-    inside = [i for i, (s, e) in enumerate(offsets) if s < answer.end and e > answer.start]
-    return (inside[0], inside[-1]) if inside else None
+    spans = np.asarray(offsets, dtype=np.int64).reshape(-1, 2)
+    inside = np.flatnonzero((spans[:, 0] < answer.end) & (spans[:, 1] > answer.start))
+    return (int(inside[0]), int(inside[-1])) if inside.size else None
 
 
-def distinct_pieces(tokenizer, texts: list[str]) -> list:
+def distinct_pieces(tokenizer, texts: list[str]) -> list[Context]:
     """Pieces of each text, each distinct text tokenized once (SQuAD asks ~5 questions per context)."""
     unique = list(dict.fromkeys(texts))
-    pieces = dict(zip(unique, tokenizer.pieces(unique)))
+    pieces = {t: Context(p.ids, np.asarray(p.offsets, dtype=np.int32).reshape(-1, 2))
+              for t, p in zip(unique, tokenizer.pieces(unique))}
     return [pieces[t] for t in texts]
 
 
-def window_feature(tokenizer, q_ids: list[int], c, spans: list[tuple[int, int]], w: int, *, example: int) -> Feature:
+def window_feature(tokenizer, q_ids: list[int], c: Context, spans: list[tuple[int, int]], w: int, *,
+                   example: int) -> Feature:
     """[CLS] question [SEP] context[s:t] [SEP], with what post-processing needs to map tokens back:
     where the context starts, the character offsets of its tokens, and which tokens have their
     most context in this window (only those may start an answer — BERT's run_squad rule)."""
@@ -330,7 +355,7 @@ def window_feature(tokenizer, q_ids: list[int], c, spans: list[tuple[int, int]],
         "_example": example,
         "_first": first,
         # arrays, not lists of tuples: a SQuAD-sized training set keeps ~100k of these in memory
-        "_offsets": np.array(c.offsets[s:t], dtype=np.int32).reshape(-1, 2),  # (t - s, 2)
+        "_offsets": np.array(c.offsets[s:t], dtype=np.int32).reshape(-1, 2),  # (t - s, 2), a copy
         "_max_context": np.array([len(spans) == 1 or max_context(spans, p) == w for p in range(s, t)]),
     }
 

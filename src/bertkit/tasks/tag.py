@@ -23,6 +23,8 @@ from __future__ import annotations
 import logging
 import re
 import warnings
+from bisect import bisect_left
+from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -37,6 +39,7 @@ from bertkit.tasks.base import (
     BadInput,
     Featurized,
     Task,
+    drop_skipped,
     max_context,
     pick_field,
     read_records,
@@ -275,23 +278,28 @@ class Tag(Task):
         if room < 1:
             raise InputError(f"max_length {o.max_length} leaves no room for words")
         label2id = config.label2id
+        # Truncation needs only the first room + 1 words: every word has a piece at least (an [UNK]
+        # where it has none), so those already overflow, and the words after them are cut off whole.
+        shown = [e.words if o.long_text == "window" else e.words[:room + 1] for e in examples]
         features, long, cut_words = [], 0, 0
-        for i, (e, p) in enumerate(zip(examples, tokenizer.pieces([e.words for e in examples],
-                                                                  split_into_words=True))):
+        skipped: set[int] = set()
+        pieces = tokenizer.pieces(shown, split_into_words=True)
+        for i, (e, words, p) in enumerate(zip(examples, shown, pieces)):
             labels = _label_ids(e, label2id, bad)
             if labels is _SKIP:
+                skipped.add(i)
                 continue
-            ids, firsts = word_pieces(p.ids, p.word_ids, len(e.words), tokenizer.unk_token_id)
+            ids, firsts = word_pieces(p.ids, p.word_ids, len(words), tokenizer.unk_token_id)
             if len(ids) > room:
                 long += 1
-                cut_words += sum(1 for f in firsts if f >= room)
+                cut_words += sum(1 for f in firsts if f >= room) + len(e.words) - len(words)
             spans = windows(len(ids), room, o.stride) if o.long_text == "window" else [(0, min(len(ids), room))]
             for k, span in enumerate(spans):
                 features.append(_window_feature(i, ids, firsts, spans, k, span, labels, tokenizer))
         if cut_words and o.long_text != "window":
             log.warning("%d words beyond max_length %d are predicted as %s (--long-text window tags them all)",
                         cut_words, o.max_length, OUTSIDE)
-        return Featurized(features, long)
+        return Featurized(drop_skipped(examples, features, skipped), long)
 
     # ---- head and loss
 
@@ -385,7 +393,8 @@ def _json_sentence(where: str, record: dict, token_field: str, tag_field: str | 
 # ---- featurizing helpers ------------------------------------------------------------------------------
 
 
-def word_pieces(ids: list[int], word_ids: list[int], n_words: int, unk_id: int) -> tuple[list[int], list[int]]:
+def word_pieces(ids: Sequence[int], word_ids: Sequence[int], n_words: int,
+                unk_id: int) -> tuple[list[int], list[int]]:
     """The sentence's piece ids with an [UNK] for each word that has no pieces, and the position of
     every word's first piece."""
     by_word: list[list[int]] = [[] for _ in range(n_words)]
@@ -414,7 +423,8 @@ def _window_feature(example: int, ids: list[int], firsts: list[int], spans: list
     each word in every window that holds it); `_predicts` marks, per position, the word whose tag
     this window predicts (its first piece has the most context here), else -1."""
     start, end = span
-    word_at = {f: w for w, f in enumerate(firsts) if start <= f < end}  # first-piece position -> word
+    # first-piece position -> word, for the words starting in the window (firsts is increasing)
+    word_at = {firsts[w]: w for w in range(bisect_left(firsts, start), bisect_left(firsts, end))}
     predicts = [word_at[p] if p in word_at and max_context(spans, p) == k else -1 for p in range(start, end)]
     feature = {
         "input_ids": [tokenizer.cls_token_id, *ids[start:end], tokenizer.sep_token_id],
