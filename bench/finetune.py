@@ -48,8 +48,8 @@ def parse_args() -> argparse.Namespace:
 def starting_point(args, task, work: Path) -> Path:
     """The pretrained encoder plus a freshly initialised head, saved once, so both sides start equal."""
     from bertkit.config import BertConfig
-    from bertkit.finetune import with_settings
     from bertkit.heads import HEADS
+    from bertkit.predict import with_settings
     from bertkit.tasks import BadInput
     from bertkit.tokenizer import Tokenizer
 
@@ -64,8 +64,9 @@ def starting_point(args, task, work: Path) -> Path:
 
 def run_bertkit(args, init: Path, work: Path, *, random_init: bool = False) -> dict:
     from bertkit.finetune import FinetuneArgs, run_finetune
+    from bertkit.metrics_log import iter_rows
     from bertkit.tasks import DataOptions
-    from bertkit.train import TrainConfig, iter_rows
+    from bertkit.train import TrainConfig
 
     out = work / ("bertkit-random" if random_init else "bertkit")
     config = TrainConfig(out=out, lr=args.lr, batch_size=args.batch_size, warmup=args.warmup, seed=args.seed,
@@ -96,7 +97,7 @@ def run_transformers(args, task, init: Path, work: Path) -> dict:
     import transformers
 
     from bertkit.config import BertConfig
-    from bertkit.finetune import evaluate_examples
+    from bertkit.predict import evaluate_examples
     from bertkit.tasks import BadInput
     from bertkit.tasks.base import FeatureBatches
     from bertkit.tokenizer import Tokenizer

@@ -92,8 +92,8 @@ def world(tmp_path_factory, tiny_model_dir) -> World:
     import torch
 
     from bertkit import BertConfig, BertModel, Tokenizer
-    from bertkit.finetune import with_settings
     from bertkit.heads import HEADS
+    from bertkit.predict import with_settings
     from bertkit.tasks import DataOptions, make_task
     from tests.conftest import tiny_config
 

@@ -324,3 +324,24 @@ def test_a_killed_save_leaves_nothing_that_passes_for_weights(saved, tmp_path):
     tiny_config().save(first)
     (first / ".tmp-model.safetensors-999-abcdef12").write_bytes(partial)
     _one_line_error(first, "no weights found")
+
+
+def test_any_module_with_a_config_loads_and_saves(saved, tmp_path):
+    """checkpoint.py never imports model.py: it takes any nn.Module with a config and an architecture."""
+    from bertkit import checkpoint
+
+    class Wrapped(torch.nn.Module):  # not a model.Pretrained
+        architecture = "BertModel"
+
+        def __init__(self, config):
+            super().__init__()
+            self.config = config
+            self.bert = BertModel(config)
+
+    directory, model = saved
+    wrapped = checkpoint.load_pretrained(Wrapped, directory)
+    assert isinstance(wrapped, Wrapped) and wrapped.load_report.missing == [] == wrapped.load_report.unexpected
+    _same(model, wrapped.bert.eval())
+    checkpoint.save_pretrained(wrapped, tmp_path / "again")
+    assert json.loads((tmp_path / "again" / "config.json").read_text())["architectures"] == ["BertModel"]
+    _same(model, BertModel.from_pretrained(tmp_path / "again").eval())

@@ -1,5 +1,6 @@
 """The bertkit command: each subcommand once, and one-line errors for bad input."""
 
+import dataclasses
 import json
 import subprocess
 import sys
@@ -92,7 +93,7 @@ def test_embed_creates_missing_folders_and_writes_atomically(capsys, tmp_path):
     src.write_text("hello world\n", encoding="utf-8")
     for name in ("new/dir/v.npy", "other/v.jsonl"):
         code, _, err = run(capsys, "embed", "-i", str(src), "-o", str(tmp_path / name))
-        assert code == 0 and "wrote 1 vectors" in err
+        assert code == 0 and "wrote 1 vector of dimension 384" in err
         assert [p.name for p in (tmp_path / name).parent.iterdir()] == [name.rsplit("/", 1)[1]]  # no temporary left
     assert np.load(tmp_path / "new/dir/v.npy").shape == (1, 384)
 
@@ -155,3 +156,142 @@ def test_help_lists_the_choices(capsys):
     out = capsys.readouterr().out
     for choices in ("{classify,tag,qa,choice}", "{truncate,window}", "{linear,cosine,constant}", "{auto,fp32,bf16}"):
         assert choices in out
+
+
+# ---- one mechanism: every option is a dataclass field (settings.py) ------------------------------------
+
+
+def subcommand_parsers():
+    from bertkit.cli import build_parser
+
+    parsers = {}
+    for name, parser in build_parser()._subparsers._group_actions[0].choices.items():
+        if parser._subparsers is not None:  # `tokenizer train`
+            for action, sub in parser._subparsers._group_actions[0].choices.items():
+                parsers[f"{name} {action}"] = sub
+        else:
+            parsers[name] = parser
+    return parsers
+
+
+def test_every_option_has_help_and_shows_its_default():
+    parsers = subcommand_parsers()
+    assert {"embed", "similarity", "tokenize", "prepare", "pretrain", "finetune", "evaluate", "predict", "demo",
+            "fill-mask", "tokenizer train", "info", "models"} <= set(parsers)
+    for name, parser in parsers.items():
+        for action in parser._actions:
+            if action.dest == "help":
+                continue
+            assert action.help, f"bertkit {name} {action.dest}: no help"
+            if action.default not in (None, []) and not action.required:
+                assert "(default: " in action.help, f"bertkit {name} {action.dest}: default not shown"
+    assert "(default: 0.01)" in parsers["prepare"].format_help()  # --valid-fraction
+    assert "(default: 30522)" in parsers["tokenizer train"].format_help()  # --vocab-size
+
+
+def test_defaults_agree_with_the_functions_the_commands_call():
+    """The commands pass every value on, so these functions' own defaults serve Python callers only;
+    they must say the same as the options (settings.py)."""
+    import inspect
+
+    from bertkit.data.shards import prepare
+    from bertkit.embedding import Embedder
+    from bertkit.fill_mask import FillMask
+    from bertkit.settings import EmbedArgs, FillMaskArgs, PrepareArgs, TokenizerTrainArgs
+    from bertkit.vocab import train_vocabulary
+
+    def defaults(function):
+        return {k: p.default for k, p in inspect.signature(function).parameters.items()
+                if p.default is not inspect.Parameter.empty}
+
+    for function, config, names in [
+        (prepare, PrepareArgs, ("valid_fraction", "shard_tokens", "seed", "segmenter", "text_field",
+                                "document_sentences", "progress")),
+        (train_vocabulary, TokenizerTrainArgs, ("vocab_size", "chinese_chars", "min_frequency", "limit_alphabet")),
+        (Embedder.__call__, EmbedArgs, ("batch_size", "max_length", "normalize")),
+        (FillMask.__call__, FillMaskArgs, ("top_k",)),
+    ]:
+        fields = {f.name: f.default for f in dataclasses.fields(config)}
+        assert {n: defaults(function)[n] for n in names} == {n: fields[n] for n in names}, function.__qualname__
+    assert defaults(train_vocabulary)["lowercase"] is not TokenizerTrainArgs.cased
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["pretrain", "--help"], ["finetune", "--help"], ["tokenizer", "train",
+                                  "--help"], ["embed", "--batch-size", "0"], ["finetune", "--long-text", "windows"],
+                                  ["demo", "--steps", "0"]])
+def test_help_and_argument_errors_never_import_torch(argv):
+    result = subprocess.run([sys.executable, "-X", "importtime", "-m", "bertkit", *argv], capture_output=True,
+                            text=True)
+    assert result.returncode in (0, 2) and "Traceback" not in result.stderr
+    imported = [line.rpartition("|")[2].strip() for line in result.stderr.splitlines() if line.startswith("import time")]
+    assert "bertkit.cli" in imported
+    heavy = [m for m in imported if m.split(".")[0] in ("torch", "numpy")]
+    assert not heavy, f"bertkit {' '.join(argv)} imported {heavy[:3]}"
+
+
+def test_old_homes_of_the_configs_still_work():
+    from bertkit import settings
+    from bertkit.data.pretraining import OBJECTIVES, PretrainingConfig
+    from bertkit.demo import DemoConfig
+    from bertkit.finetune import FinetuneArgs
+    from bertkit.pretrain import OBJECTIVES as PRETRAIN_OBJECTIVES
+    from bertkit.pretrain import PretrainArgs
+    from bertkit.tasks import TASKS, DataOptions
+    from bertkit.train import TrainConfig
+
+    assert (TrainConfig, PretrainArgs, PretrainingConfig, FinetuneArgs, DataOptions, DemoConfig) == (
+        settings.TrainConfig, settings.PretrainArgs, settings.PretrainingConfig, settings.FinetuneArgs,
+        settings.DataOptions, settings.DemoConfig)
+    assert OBJECTIVES is PRETRAIN_OBJECTIVES is settings.OBJECTIVES and TASKS is settings.TASKS
+
+
+# ---- commands ---------------------------------------------------------------------------------------
+
+
+def test_tokenize_shows_token_types_and_pairs(capsys):
+    code, out, _ = run(capsys, "tokenize", "hello world", "--pair", "hi")
+    row = json.loads(out)
+    assert code == 0 and row["tokens"] == ["[CLS]", "hello", "world", "[SEP]", "hi", "[SEP]"]
+    assert row["token_type_ids"] == [0, 0, 0, 0, 1, 1] and len(row["input_ids"]) == 6
+    code, out, _ = run(capsys, "tokenize", "a", "b")
+    assert [json.loads(line)["token_type_ids"] for line in out.splitlines()] == [[0, 0, 0], [0, 0, 0]]
+
+
+def test_finetune_starts_from_the_builtin_model_by_default(capsys, tmp_path, monkeypatch, minilm_dir):
+    seen = {}
+    monkeypatch.setattr("bertkit.finetune.run_finetune", lambda args, data, train: seen.update(model=args.model))
+    (tmp_path / "train.csv").write_text("text,label\na,b\n")
+    code, _, err = run(capsys, "finetune", "--task", "classify", "--train", str(tmp_path / "train.csv"),
+                       "--out", str(tmp_path / "out"))
+    assert code == 0, err
+    assert seen["model"] == str(minilm_dir)
+
+
+def test_fill_mask_needs_a_model_with_a_masked_lm_head(capsys, minilm_dir):
+    code, _, err = run(capsys, "fill-mask", "the [MASK] is red")
+    assert code == 2 and err == ("bertkit: error: the following arguments are required: --model "
+                                 "(see bertkit fill-mask --help)\n")
+    with pytest.raises(SystemExit):
+        main(["fill-mask", "--help"])
+    assert "all-MiniLM-L6-v2 has none" in " ".join(capsys.readouterr().out.split())
+    code, _, err = run(capsys, "fill-mask", "--model", "all-MiniLM-L6-v2", "the [MASK] is red")
+    assert code == 2 and "masked-LM head" in err and err.count("\n") == 1
+
+
+def test_non_numbers_are_one_line_too(capsys):
+    code, _, err = run(capsys, "embed", "--batch-size", "many")
+    assert code == 2 and err == "bertkit: error: --batch-size must be an integer, got 'many'\n"
+    code, _, err = run(capsys, "pretrain", "--data", "d", "--out", "o", "--lr", "fast")
+    assert code == 2 and err == "bertkit: error: --lr must be a number, got 'fast'\n"
+
+
+def test_demo_says_what_prepare_wrote():
+    from types import SimpleNamespace
+
+    from bertkit.demo import shards_summary
+
+    stats = SimpleNamespace(train=SimpleNamespace(documents=2_061, tokens=1_015_000),
+                            valid=SimpleNamespace(documents=1, tokens=1))
+    assert shards_summary(stats, "runs/demo/data") == (
+        "2,062 documents, 1,015,001 tokens in runs/demo/data: train 2,061 documents (1,015,000 tokens), "
+        "held out 1 document (1 token)")

@@ -7,7 +7,16 @@ import pytest
 import torch
 
 from bertkit import InputError
-from bertkit.embedding import Embedder, embed, length_batches, mean_pool, pad_batch
+from bertkit.embedding import (
+    EXAMPLE_TEXTS,
+    Embedder,
+    embed,
+    format_similarities,
+    length_batches,
+    mean_pool,
+    pad_batch,
+    similarity_table,
+)
 
 transformers = pytest.importorskip("transformers")
 
@@ -97,3 +106,28 @@ def test_a_huge_line_is_embedded_from_its_first_pieces_only(embedder, monkeypatc
         warnings.simplefilter("ignore")
         expected = embedder([huge[:20_000], "hello"], batch_size=1)  # the same first 512 tokens
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+# ---- the similarity table --------------------------------------------------------------------------
+
+
+def test_similarity_table_by_hand():
+    sims = np.array([[1.0, 0.25], [0.25, 1.0]])
+    assert format_similarities(["a", "bb"], sims).splitlines() == [
+        "cosine similarity:",
+        "         0      1",
+        "[0]  1.000  0.250   a",
+        "[1]  0.250  1.000   bb",
+    ]
+    rows = format_similarities([str(i) for i in range(11)], np.eye(11)).splitlines()
+    assert rows[2].startswith(" [0]  1.000  0.000") and rows[12].startswith("[10]  0.000")
+
+
+def test_similarity_table_of_the_examples(minilm_dir):
+    lines = similarity_table(None, minilm_dir).splitlines()
+    assert lines[0] == f"model: {minilm_dir}, {len(EXAMPLE_TEXTS)} texts, dimension 384"
+    assert lines[1] == "cosine similarity:" and len(lines) == 3 + len(EXAMPLE_TEXTS)
+    for i, (line, text) in enumerate(zip(lines[3:], EXAMPLE_TEXTS)):
+        values = [float(x) for x in line.split("   ")[0].split()[1:]]
+        assert line.endswith(f"   {text}") and values[i] == 1.0
+    assert similarity_table(["x", "y"], minilm_dir).splitlines()[0].endswith(", 2 texts, dimension 384")

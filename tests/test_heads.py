@@ -121,10 +121,35 @@ def test_mlm_decoder_is_tied_to_the_word_embeddings():
 def test_loss_helpers_by_hand():
     logits = torch.tensor([[2.0, 0.0], [0.0, 0.0]])
     expected = (torch.log1p(torch.exp(torch.tensor(-2.0))) + torch.log(torch.tensor(2.0))) / 2
-    torch.testing.assert_close(classification_loss(logits, torch.tensor([0, 1]), None), expected)
+    loss = classification_loss(logits, torch.tensor([0, 1]), None)
+    assert loss.count == 2
+    torch.testing.assert_close(loss.mean(), expected)
+    torch.testing.assert_close(loss.total, 2 * expected)
     # a start position outside the sequence takes no part
     start = torch.tensor([[0.0, 5.0, 0.0], [1.0, 1.0, 1.0]])
     only_first = span_loss(start[:1], torch.tensor([1]))
-    torch.testing.assert_close(span_loss(start, torch.tensor([1, 9])), only_first)
+    both = span_loss(start, torch.tensor([1, 9]))
+    assert both.count == 1 and only_first.count == 1
+    torch.testing.assert_close(both.total, only_first.total)
     with pytest.raises(ValueError, match="problem_type"):
         classification_loss(logits, torch.tensor([0, 1]), "ranking")
+
+
+def test_padded_choices_change_no_multiple_choice_loss():
+    """Example 0 has 2 real choices padded to 4 with other text; its loss and probabilities are
+    those of the 2 choices alone, and the batch loss the mean of the examples' own losses."""
+    torch.manual_seed(0)
+    model = bertkit.BertForMultipleChoice(_config("BertForMultipleChoice")).eval()
+    flat = random_batch(model.config, B=2 * N, seed=3)
+    batch = {k: v.view(2, N, T) for k, v in flat.items()}
+    choice_mask = torch.tensor([[1, 1, 0, 0], [1, 1, 1, 1]])
+    labels = torch.tensor([1, 3])
+    with torch.no_grad():
+        padded = model(**batch, labels=labels, choice_mask=choice_mask)
+        alone = [model(**{k: v[i:i + 1, :n] for k, v in batch.items()}, labels=labels[i:i + 1])
+                 for i, n in enumerate((2, N))]
+        unmasked = model(**batch, labels=labels)
+    torch.testing.assert_close(padded.loss, (alone[0].loss + alone[1].loss) / 2)
+    torch.testing.assert_close(padded.logits[0].softmax(-1)[:2], alone[0].logits[0].softmax(-1))
+    assert padded.logits[0].softmax(-1)[2:].tolist() == [0.0, 0.0]
+    assert not torch.allclose(unmasked.loss, padded.loss)  # the padding text would change the loss

@@ -168,3 +168,11 @@ def test_real_minilm_saved_by_bertkit_loads_in_transformers(minilm_pair, tmp_pat
         a, b = ours(**batch), ref.eval()(**batch)
     torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=1e-6, rtol=0)
     torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-6, rtol=0)
+
+
+def test_every_hidden_act_a_config_accepts_has_a_function():
+    """config.py checks hidden_act against names of its own (so it never imports the model)."""
+    from bertkit.config import ACTIVATION_NAMES
+    from bertkit.model import ACTIVATIONS
+
+    assert tuple(ACTIVATIONS) == ACTIVATION_NAMES

@@ -219,8 +219,8 @@ def test_bad_options_fail_in_one_line_before_any_work(capsys, tmp_path, monkeypa
     def no_work(*args, **kwargs):
         raise AssertionError("data or a model was loaded before the options were checked")
 
-    for target in ("bertkit.pretrain.run_pretrain", "bertkit.finetune.run_finetune", "bertkit.finetune.run_evaluate",
-                   "bertkit.finetune.run_predict", "bertkit.demo.run_demo", "bertkit.data.shards.prepare",
+    for target in ("bertkit.pretrain.run_pretrain", "bertkit.finetune.run_finetune", "bertkit.predict.run_evaluate",
+                   "bertkit.predict.run_predict", "bertkit.demo.run_demo", "bertkit.data.shards.prepare",
                    "bertkit.vocab.train_vocabulary", "bertkit.embedding.Embedder.from_pretrained",
                    "bertkit.fill_mask.FillMask.from_pretrained", "bertkit.tokenizer.Tokenizer.from_pretrained"):
         monkeypatch.setattr(target, no_work)
@@ -230,3 +230,46 @@ def test_bad_options_fail_in_one_line_before_any_work(capsys, tmp_path, monkeypa
     err = capsys.readouterr().err
     assert code == 2 and err.startswith("bertkit: error: " + message.format(**values)), err
     assert err.count("\n") == 1 and "Traceback" not in err
+
+
+def test_plural():
+    assert [options.plural(n, "example") for n in (0, 1, 2, 2000)] == \
+        ["0 examples", "1 example", "2 examples", "2,000 examples"]
+    assert options.plural(1, "process", "processes") == "1 process" and options.plural(3, "entry", "entries") == \
+        "3 entries"
+
+
+@dataclasses.dataclass
+class Files:
+    files: list[Path] = dataclasses.field(metadata=options.cli(positional=True, metavar="FILE"))
+    """Inputs."""
+    output: str = dataclasses.field(default="-", metadata=options.cli(short="-o", metavar="FILE"))
+    """Where to write."""
+    count: int = 3
+    """How many."""
+
+
+def test_positional_fields_short_flags_and_typed_values():
+    parser = argparse.ArgumentParser()
+    add_config_options(parser, Files)
+    assert vars(parser.parse_args(["a", "b", "-o", "x", "--count", "4"])) == \
+        {"files": [Path("a"), Path("b")], "output": "x", "count": 4}
+    help_text = parser.format_help()
+    assert "FILE [FILE ...]" in help_text and "-o FILE, --output FILE" in help_text and "(default: 3)" in help_text
+    assert options.int_in()("-7") == -7
+    with pytest.raises(argparse.ArgumentTypeError, match="must be an integer, got 'x'"):
+        options.int_in()("x")
+
+
+def test_pretraining_options_are_defined_once():
+    from bertkit.data.pretraining import PretrainingConfig
+
+    assert issubclass(PretrainArgs, PretrainingConfig)  # the example and masking fields are PretrainingConfig's
+    own = {f.name for f in dataclasses.fields(PretrainArgs)} - {f.name for f in dataclasses.fields(PretrainingConfig)}
+    assert own == {"data", "config", "init_from", "eval_batches"}
+    with pytest.raises(InputError, match=r"^--objective must be one of mlm, mlm\+nsp, mlm\+sop; got 'nsp'"):
+        PretrainingConfig(objective="nsp")
+    with pytest.raises(InputError, match="^--max-predictions-per-seq must be at least 1, got 0"):
+        PretrainingConfig(max_predictions_per_seq=0)
+    with pytest.raises(InputError, match="^--max-length must be at least 3, got 2"):
+        PretrainingConfig(objective="mlm", max_length=2)

@@ -178,7 +178,7 @@ def test_code_shaped_config_entries_are_only_data(checkpoint, marker):
 
 def test_task_settings_in_config_json_are_only_data(checkpoint, marker):
     """A fine-tuned model's stored task and reading options (config.json's "bertkit" entry)."""
-    from bertkit.finetune import load_finetuned
+    from bertkit.predict import load_finetuned
 
     path = checkpoint / "config.json"
     config = json.loads(path.read_text())

@@ -11,15 +11,8 @@ import torch
 
 from bertkit.heads import IGNORE, BertForPreTraining
 from bertkit.pretrain import PretrainingObjective
-from bertkit.train import (
-    Position,
-    TrainConfig,
-    fit,
-    latest_checkpoint,
-    lr_factor,
-    next_positions,
-    param_groups,
-)
+from bertkit.runs import Position, latest_checkpoint, next_positions
+from bertkit.train import TrainConfig, fit, lr_factor, param_groups
 from tests.conftest import random_batch, tiny_config
 
 
@@ -152,7 +145,7 @@ def test_interrupt_saves_and_resume_continues_exactly(tmp_path, capsys):
 # Where a signal can land: the loop's own code, data loading, forward, backward, clipping, inside the
 # optimiser's update (between two parameters), the schedule, logging, evaluation and checkpoint writing.
 _PLACES = {"batch", "forward", "backward", "clip_grad_norm_", "step", "_single_tensor_adamw", "adamw",
-           "lerp_", "addcdiv_", "mul_", "zero_grad", "_log_row", "write", "_evaluate", "save_checkpoint",
+           "lerp_", "addcdiv_", "mul_", "zero_grad", "_log_window", "write", "validate", "save_checkpoint",
            "write_checkpoint", "save_pretrained", "save_file", "write_text_atomically", "next_positions",
            "_train_step", "agreed"}
 
@@ -210,7 +203,7 @@ def test_a_signal_anywhere_in_a_step_resumes_bitwise(tmp_path, capsys):
     # and for certain, a third of the way in: inside the optimiser's update, backward, evaluation,
     # writing a checkpoint's tensors, writing a metrics row
     points += [counter.names.index(name, total // 3) + 1
-               for name in ("addcdiv_", "backward", "_evaluate", "save_file", "write")]
+               for name in ("addcdiv_", "backward", "validate", "save_file", "write")]
     stopped = 0
     for n, at in enumerate(points):
         out = tmp_path / f"run{n}"
@@ -304,7 +297,7 @@ def test_layer_wise_lr_decay_scales_by_depth(tmp_path):
 
 
 def test_best_evaluation_and_patience_by_hand():
-    from bertkit.train import best_evaluation, evaluations_since_best
+    from bertkit.best import best_evaluation, evaluations_since_best
 
     history = [{"split": "valid", "step": s, "f1": f, "loss": x}
                for s, f, x in ((10, 0.5, 2.0), (20, 0.7, 1.5), (30, 0.7, 1.7), (40, 0.6, 1.4))]
@@ -345,8 +338,9 @@ def test_an_unknown_best_metric_is_a_clear_error(tmp_path):
 
 
 def test_mse_and_every_metric_have_an_explicit_direction():
+    from bertkit.best import best_evaluation
     from bertkit.errors import BertkitError
-    from bertkit.train import best_evaluation, lower_is_better
+    from bertkit.options import lower_is_better
 
     history = [{"split": "valid", "step": s, "mse": m, "pearson": p}
                for s, m, p in ((1, 0.9, 0.1), (2, 0.2, float("nan")), (3, 0.5, 0.4))]

@@ -8,6 +8,9 @@ names, so other BERT implementations load what bertkit saves unchanged.
 Our parameter names (model.py, heads.py) differ from the standard ones; STANDARD_NAMES maps one
 to the other, and the separate query/key/value projections are fused into one `qkv` on load and
 split again on save.
+
+This module knows models only by what it uses of them (`Checkpointable`): model.py imports it to
+give every model from_pretrained/save_pretrained, so it never imports model.py.
 """
 
 from __future__ import annotations
@@ -19,9 +22,10 @@ import pickle
 import re
 import stat
 import warnings
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any, Protocol, TypeVar
 
 import torch
 from torch import Tensor
@@ -29,7 +33,6 @@ from torch import Tensor
 from bertkit.config import BertConfig
 from bertkit.errors import CheckpointError
 from bertkit.fileio import fsync_dir, temporary_name
-from bertkit.model import Pretrained
 
 if TYPE_CHECKING:
     from bertkit.tokenizer import Tokenizer
@@ -241,6 +244,22 @@ def _first_line(e: BaseException, limit: int = 160) -> str:
 # ---- loading into a model -------------------------------------------------------------------------
 
 
+class Checkpointable(Protocol):
+    """What loading and saving use of a model (model.Pretrained and every head are ones): an
+    nn.Module built from a BertConfig, with the class name other BERT implementations know it by.
+    A model with an encoder under `bert.` (a head) also takes head weights."""
+
+    config: BertConfig
+    architecture: str
+
+    def state_dict(self) -> dict[str, Tensor]: ...
+
+    def load_state_dict(self, state_dict: Mapping[str, Any], strict: bool = True) -> Any: ...
+
+
+M = TypeVar("M", bound=Checkpointable)
+
+
 @dataclass
 class LoadReport:
     """What loading a checkpoint did not match exactly."""
@@ -249,9 +268,11 @@ class LoadReport:
     unexpected: list[str] = field(default_factory=list)  # in the file, not used by this model
 
 
-def load_pretrained(cls: type[Pretrained], path: str | os.PathLike, *, with_head: bool = True,
-                    require: tuple[str, str] | None = None, **config_changes) -> Pretrained:
-    """`require=(prefix, what)`: refuse a checkpoint whose weights lack `prefix...` (e.g. an MLM head),
+def load_pretrained(cls: type[M], path: str | os.PathLike, *, with_head: bool = True,
+                    require: tuple[str, str] | None = None, **config_changes) -> M:
+    """A `cls(config)` with the checkpoint's weights (model.Pretrained.from_pretrained says more).
+
+    `require=(prefix, what)`: refuse a checkpoint whose weights lack `prefix...` (e.g. an MLM head),
     before anything is logged about initialising them."""
     directory = _checkpoint_dir(path)
     config = BertConfig.load(directory)
@@ -267,7 +288,7 @@ def load_pretrained(cls: type[Pretrained], path: str | os.PathLike, *, with_head
     return model
 
 
-def load_state_into(model: Pretrained, directory: Path, *, with_head: bool = True) -> LoadReport:
+def load_state_into(model: Checkpointable, directory: Path, *, with_head: bool = True) -> LoadReport:
     """Copy the weights of a checkpoint directory into an existing model of a matching config.
 
     with_head=False takes the encoder only and leaves the model's head as initialised (a new task).
@@ -333,7 +354,7 @@ def _check_vocab(config: BertConfig, encoder: dict[str, Tensor], path: Path) -> 
         )
 
 
-def _check_shapes(model: Pretrained, state: dict[str, Tensor], path: Path) -> None:
+def _check_shapes(model: Checkpointable, state: dict[str, Tensor], path: Path) -> None:
     own = model.state_dict()
     for key, value in state.items():
         if key in own and own[key].shape != value.shape:
@@ -359,7 +380,7 @@ def _log_report(report: LoadReport, cls: type, directory: Path) -> None:
 # ---- saving ---------------------------------------------------------------------------------------
 
 
-def save_pretrained(model: Pretrained, directory: str | os.PathLike, *, tokenizer=None) -> Path:
+def save_pretrained(model: Checkpointable, directory: str | os.PathLike, *, tokenizer=None) -> Path:
     """Write config.json + model.safetensors (+ tokenizer files) in the standard layout.
 
     Each file is written atomically: a crash or a full disk leaves the previous file or the new

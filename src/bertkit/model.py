@@ -20,9 +20,11 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from bertkit import checkpoint
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
 
+# hidden_act name -> function, for every name in config.ACTIVATION_NAMES (where a config is checked).
 ACTIVATIONS = {
     "gelu": lambda x: F.gelu(x),  # exact (erf) GELU, as in the original BERT
     "gelu_new": lambda x: F.gelu(x, approximate="tanh"),
@@ -172,15 +174,11 @@ class Pretrained(nn.Module):
         with_head=False loads the encoder only, for a head trained from scratch on a new task;
         require=(prefix, what) refuses a checkpoint without those weights (e.g. an MLM head).
         """
-        from bertkit.checkpoint import load_pretrained
-
-        return load_pretrained(cls, path, with_head=with_head, require=require, **config_changes)
+        return checkpoint.load_pretrained(cls, path, with_head=with_head, require=require, **config_changes)
 
     def save_pretrained(self, directory: str | Path, *, tokenizer=None) -> Path:
         """Write config.json and model.safetensors (and the tokenizer's files if given) to `directory`."""
-        from bertkit.checkpoint import save_pretrained
-
-        return save_pretrained(self, directory, tokenizer=tokenizer)
+        return checkpoint.save_pretrained(self, directory, tokenizer=tokenizer)
 
 
 class BertModel(Pretrained):

@@ -33,10 +33,31 @@ def flag(name: str) -> str:
     return "--" + name.lstrip("-").replace("_", "-")
 
 
-def choices(values: Sequence[str]) -> dict[str, tuple[str, ...]]:
+def choices(values: Sequence[str]) -> dict[str, Any]:
     """Field metadata that makes a dataclass field a fixed set of values:
     `field(default="linear", metadata=choices(SCHEDULES))`; the CLI lists them in --help."""
-    return {"choices": tuple(values)}
+    return cli(choices=values)
+
+
+def cli(*, choices: Sequence[str] | None = None, positional: bool = False, short: str | None = None,
+        metavar: str | None = None) -> dict[str, Any]:
+    """Field metadata for how the command line shows a field: a fixed set of values, a positional
+    argument (`bertkit embed FILE`, a list field takes any number), a short flag (`-i`), a metavar."""
+    meta: dict[str, Any] = {}
+    if choices is not None:
+        meta["choices"] = tuple(choices)
+    if positional:
+        meta["positional"] = True
+    if short is not None:
+        meta["short"] = short
+    if metavar is not None:
+        meta["metavar"] = metavar
+    return meta
+
+
+def plural(n: int, noun: str, plural_form: str | None = None) -> str:
+    """'1 example', '2,000 examples': a count with its noun in the right number."""
+    return f"{n:,} {noun if n == 1 else plural_form or noun + 's'}"
 
 
 # ---- the rules: each returns what is wrong with a value, or None --------------------------------------
@@ -197,8 +218,9 @@ def _parse(text: str, convert: Callable[[str], Number], kind: str) -> Number:
         raise argparse.ArgumentTypeError(f"must be {kind}, got {text!r}") from None
 
 
-def int_in(low: int, high: int | None = None) -> Callable[[str], int]:
-    """argparse type: an integer in [low, high] ("--top-k must be at least 1, got 0")."""
+def int_in(low: int | None = None, high: int | None = None) -> Callable[[str], int]:
+    """argparse type: an integer in [low, high] ("--top-k must be at least 1, got 0"); int_in() takes
+    any integer ("--steps must be an integer, got '1.5'")."""
 
     def parse(text: str) -> int:
         value = int(_parse(text, int, "an integer"))
@@ -240,3 +262,28 @@ def choice(values: Sequence[str]) -> Callable[[str], str]:
 positive_int = int_in(1)
 non_negative_int = int_in(0)
 seed_int = int_in(0, MAX_SEED)
+
+
+# ---- metrics that can pick the best model ---------------------------------------------------------------
+
+# Every metric bertkit reports, with the direction that is better. A metric not listed here cannot
+# pick the best model: guessing a direction kept the worst model for `mse` once.
+HIGHER_IS_BETTER = frozenset({
+    "accuracy", "f1", "macro_f1", "micro_f1", "mcc", "precision", "recall",  # classify, tag
+    "pearson", "spearman",  # regression
+    "exact_match", "has_answer_exact_match", "has_answer_f1", "no_answer_exact_match", "no_answer_f1",
+    "best_f1", "position_accuracy",  # qa
+    "mlm_accuracy", "nsp_accuracy",  # pretraining
+})
+LOWER_IS_BETTER = frozenset({"loss", "mlm_loss", "nsp_loss", "perplexity", "mse"})
+PER_TYPE_PREFIX = "f1_"  # entity F1 per type (f1_PER, f1_LOC, ...): higher is better
+
+
+def lower_is_better(metric: str) -> bool:
+    if metric in LOWER_IS_BETTER:
+        return True
+    if metric in HIGHER_IS_BETTER or metric.startswith(PER_TYPE_PREFIX):
+        return False
+    known = ", ".join(sorted(HIGHER_IS_BETTER | LOWER_IS_BETTER))
+    raise InputError(f"--best-metric {metric}: not a metric that can pick the best model; choose one of "
+                       f"{known}, or f1_TYPE for an entity type")

@@ -8,6 +8,8 @@ from pathlib import Path
 from typing import Any
 
 from bertkit.errors import InputError
+from bertkit.models import resolve_model
+from bertkit.options import plural
 
 KINDS = ("classify", "tag", "qa", "choice", "fill-mask", "embed")
 
@@ -17,7 +19,7 @@ class Pipeline:
 
     def __init__(self, task: str, model: str | Path, *, device: str | None = None, batch_size: int = 32,
                  **options: Any):
-        from bertkit.finetune import load_finetuned
+        from bertkit.predict import load_finetuned
 
         self.loaded = load_finetuned(model, options, device=device)
         if self.loaded.task.name != task:
@@ -25,7 +27,7 @@ class Pipeline:
         self.batch_size = batch_size
 
     def __call__(self, inputs: Any) -> dict[str, Any] | list[dict[str, Any]]:
-        from bertkit.finetune import long_inputs, predict_examples
+        from bertkit.predict import long_inputs, predict_examples
         from bertkit.tasks import BadInput
 
         single = not isinstance(inputs, list)
@@ -33,7 +35,7 @@ class Pipeline:
         examples = task.parse([inputs] if single else inputs)
         featurized = task.featurize(examples, tokenizer, self.loaded.config, BadInput())
         if featurized.long and task.options.long_text == "truncate":  # qa always windows
-            warnings.warn(f"{len(examples)} inputs: {long_inputs(task, featurized)} "
+            warnings.warn(f"{plural(len(examples), 'input')}: {long_inputs(task, featurized)} "
                           "(long_text='window' predicts on all of them)", stacklevel=2)
         predictions = predict_examples(task, self.loaded.model, tokenizer, examples, featurized,
                                        batch_size=self.batch_size)
@@ -52,6 +54,7 @@ def pipeline(task: str, model: str | Path | None = None, **kwargs: Any):
         return Embedder.from_pretrained(model)
     if model is None:
         raise InputError(f"pipeline({task!r}) needs model=DIR")
+    model = resolve_model(model)  # a directory or a model name (bertkit.models)
     if task == "fill-mask":
         from bertkit.fill_mask import FillMask
 

@@ -6,67 +6,55 @@ positions, about 15% of tokens, rather than at every token.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import dataclasses
 from pathlib import Path
 
 import torch
-import torch.nn.functional as F
-from torch import Tensor, nn
+from torch import Tensor
 
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError, InputError
-from bertkit.heads import IGNORE, BertForMaskedLM, BertForPreTraining
-from bertkit.options import at_least, check_choices, choices, in_range, model_spec
-from bertkit.train import StepSums
+from bertkit.heads import BertForMaskedLM, BertForPreTraining
+from bertkit.labels import IGNORE
+from bertkit.objective import Mean, Objective, Step, correct, cross_entropy_loss, labelled
+from bertkit.settings import OBJECTIVES, PretrainArgs  # torch-free there, for the command line
 
-OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop")
+
+def pretraining_step(model: BertForPreTraining | BertForMaskedLM, batch: dict[str, Tensor]) -> Step:
+    """Masked LM cross-entropy summed over the masked tokens, decoded at those alone (and the
+    sentence task's, when the model has its head), and how many of each are right."""
+    out = model.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    labels = batch["labels"]
+    selected = labels != IGNORE  # (B, T)
+    hidden = out.last_hidden_state[selected]  # (M, C): only the masked positions
+    logits = model.mlm(hidden, model.bert.embeddings.word.weight).float()  # (M, V)
+    targets = labels[selected]  # (M,)
+    losses = {"mlm": cross_entropy_loss(logits, targets)}
+    metrics = {"mlm_correct": correct(logits, targets)}
+    if isinstance(model, BertForPreTraining):
+        nsp_logits = model.nsp(out.pooler_output).float()  # (B, 2)
+        nsp_labels = batch["next_sentence_label"]  # (B,)
+        losses["nsp"] = cross_entropy_loss(nsp_logits, nsp_labels)
+        metrics["nsp_correct"] = correct(nsp_logits, nsp_labels)
+    return Step(losses, metrics)
 
 
-class PretrainingObjective(nn.Module):
-    """Loss sums of masked LM (and of the sentence task, when the model has its head) for a batch."""
+def perplexity(mlm_loss: float) -> float:
+    return float(torch.tensor(mlm_loss).clamp(max=50).exp())  # capped: an untrained model's stays finite
+
+
+class PretrainingObjective(Objective):
+    """Loss sums of masked LM (and of the sentence task, when the model has its head) for train.fit."""
 
     def __init__(self, model: BertForPreTraining | BertForMaskedLM):
-        super().__init__()
-        self.model = model
-
-    @property
-    def has_sentence_task(self) -> bool:
-        return isinstance(self.model, BertForPreTraining)
-
-    def counts(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        counts = {"mlm": float((batch["labels"] != IGNORE).sum())}
-        if self.has_sentence_task:
-            counts["nsp"] = float((batch["next_sentence_label"] != IGNORE).sum())
-        return counts
-
-    def forward(self, batch: dict[str, Tensor]) -> StepSums:
-        m = self.model
-        out = m.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-        labels = batch["labels"]
-        selected = labels != IGNORE  # (B, T)
-        hidden = out.last_hidden_state[selected]  # (M, C): only the masked positions
-        logits = m.mlm(hidden, m.bert.embeddings.word.weight).float()  # (M, V)
-        targets = labels[selected]  # (M,)
-        losses = {"mlm": F.cross_entropy(logits, targets, reduction="sum")}
-        metrics = {"mlm_correct": (logits.argmax(-1) == targets).sum().detach()}
-        if self.has_sentence_task:
-            nsp_logits = m.nsp(out.pooler_output).float()  # (B, 2)
-            nsp_labels = batch["next_sentence_label"]
-            losses["nsp"] = F.cross_entropy(nsp_logits, nsp_labels, ignore_index=IGNORE, reduction="sum")
-            metrics["nsp_correct"] = ((nsp_logits.argmax(-1) == nsp_labels) & (nsp_labels != IGNORE)).sum().detach()
-        return StepSums(losses, metrics)
-
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        n_mlm = max(sums.get("n_mlm", 0.0), 1.0)
-        out = {"mlm_loss": sums.get("loss_mlm", 0.0) / n_mlm, "mlm_accuracy": sums.get("mlm_correct", 0.0) / n_mlm}
-        out["perplexity"] = float(torch.tensor(out["mlm_loss"]).clamp(max=50).exp())
-        loss = out["mlm_loss"]
-        if "n_nsp" in sums:
-            n_nsp = max(sums["n_nsp"], 1.0)
-            out["nsp_loss"] = sums.get("loss_nsp", 0.0) / n_nsp
-            out["nsp_accuracy"] = sums.get("nsp_correct", 0.0) / n_nsp
-            loss += out["nsp_loss"]
-        return {"loss": loss, **out}
+        counts = {"mlm": lambda batch: labelled(batch["labels"])}
+        report = {"mlm_loss": Mean("loss_mlm", over="mlm"), "mlm_accuracy": Mean("mlm_correct", over="mlm"),
+                  "perplexity": Mean("loss_mlm", over="mlm", then=perplexity)}
+        if isinstance(model, BertForPreTraining):
+            counts["nsp"] = lambda batch: labelled(batch["next_sentence_label"])
+            report["nsp_loss"] = Mean("loss_nsp", over="nsp")
+            report["nsp_accuracy"] = Mean("nsp_correct", over="nsp")
+        super().__init__(model, pretraining_step, counts, report)
 
 
 def model_config(spec: str, vocab_size: int, max_length: int) -> BertConfig:
@@ -100,38 +88,6 @@ def build_model(objective: str, config: BertConfig, init_from: str | None) -> Be
             f"was tokenized with {config.vocab_size}; prepare the data with that checkpoint's tokenizer"
         )
     return cls.from_pretrained(init_from)
-
-
-@dataclass
-class PretrainArgs:
-    """What `bertkit pretrain` needs beyond the training loop's own settings."""
-
-    data: Path
-    """Directory written by `bertkit prepare`."""
-    config: str = "mini"
-    """Model size: tiny, mini, small, medium, base, large, or a config.json."""
-    objective: str = field(default="mlm+nsp", metadata=choices(OBJECTIVES))
-    """mlm, mlm+nsp (next sentence prediction) or mlm+sop (sentence order prediction)."""
-    max_length: int = 128
-    """Tokens per sequence, [CLS] and [SEP]s included."""
-    mask_rate: float = 0.15
-    """Fraction of tokens selected for MLM (80% [MASK], 10% random, 10% kept)."""
-    whole_word_masking: bool = False
-    """Mask all pieces of a word together."""
-    short_seq_prob: float = 0.1
-    """Probability of a shorter target length for an example (as the original)."""
-    init_from: str | None = None
-    """Start from this checkpoint (continued pretraining) instead of random weights."""
-    eval_batches: int = 50
-    """Cap on validation batches per evaluation (0: all)."""
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        model_spec("config", self.config)
-        at_least("max_length", self.max_length, 3 if self.objective == "mlm" else 5)  # specials + 1 (or 2) tokens
-        in_range("mask_rate", self.mask_rate, 0, 1, low_open=True, high_open=True)
-        in_range("short_seq_prob", self.short_seq_prob, 0, 1)
-        at_least("eval_batches", self.eval_batches, 0)
 
 
 def guard_not_empty(num_batches: int, what: str) -> None:
@@ -177,10 +133,11 @@ def unigram_baseline(train, valid_source, batch_size: int, limit: int) -> float:
 def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
     """`bertkit pretrain`: prepared shards -> a pretrained BERT in train_config.out (one or many processes)."""
     from bertkit import distributed
-    from bertkit.data.pretraining import PretrainingBatches, PretrainingConfig
+    from bertkit.data.pretraining import PretrainingBatches
     from bertkit.data.shards import load_prepared
     from bertkit.model import num_parameters
-    from bertkit.train import adapt_to_checkpoint, evaluate_sums, fit, start_run, use_bf16
+    from bertkit.runs import adapt_to_checkpoint, start_run
+    from bertkit.train import evaluate_sums, fit, use_bf16
 
     world = distributed.init()
     try:
@@ -189,10 +146,7 @@ def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
         train_config = adapt_to_checkpoint(train_config, world)
         device = distributed.device_for(world)
         meta, train, valid, tok = load_prepared(args.data)
-        data_config = PretrainingConfig(
-            max_length=args.max_length, objective=args.objective, short_seq_prob=args.short_seq_prob,
-            mask_rate=args.mask_rate, whole_word_masking=args.whole_word_masking, seed=train_config.seed,
-        )
+        data_config = dataclasses.replace(args, seed=train_config.seed)  # a run has one seed
         train_source = PretrainingBatches(train, tok, data_config)
         valid_source = PretrainingBatches(valid, tok, data_config, drop_last=False)
         guard_not_empty(train_source.num_batches(0, train_config.batch_size, world_size=world.world_size),

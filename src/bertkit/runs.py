@@ -1,5 +1,5 @@
-"""Run directories: resumable checkpoints, a trainer state stored without pickle, and the rules for
-starting, continuing or overwriting a run.
+"""Run directories: resumable checkpoints, a trainer state stored without pickle, the rules for
+starting, continuing, stopping or overwriting a run.
 
 A checkpoint is `OUT/checkpoints/step-NNNNNNNN/`: the model in the standard layout (config.json,
 model.safetensors, tokenizer files) plus the trainer state in two files that cannot run code when
@@ -9,23 +9,33 @@ read:
                               with {"$tensor": name} where a tensor stood
 `trainer_state.json` is written last, inside a temporary directory that is renamed into place, so a
 directory that has it is complete. `checkpoints/latest` names the newest one; if it names one that
-is gone (killed between two renames), the newest complete directory is used.
+is gone (killed between two renames), the newest complete directory is used. A signal stops a run
+only between complete optimiser steps, with a checkpoint. (`OUT/best/`, the model of the best
+evaluation so far, is best.py's.)
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 import os
 import shutil
+import signal
+from collections.abc import Callable, Iterator
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
-from bertkit.errors import CheckpointError, InputError
+from bertkit import distributed
+from bertkit.checkpoint import load_state_into
+from bertkit.distributed import World
+from bertkit.errors import BertkitError, CheckpointError, InputError
 from bertkit.fileio import write_text_atomically
+from bertkit.settings import TrainConfig
 
 CHECKPOINTS = "checkpoints"
 LATEST = "latest"
@@ -33,10 +43,44 @@ STATE_JSON = "trainer_state.json"
 STATE_TENSORS = "trainer_state.safetensors"
 LEGACY_STATE = "trainer.pt"  # bertkit 0.1's pickled state: read weights-only, never written
 FORMAT = 1
+BEST = "best"
 
 # What an earlier run leaves in OUT; a new run without --resume or --overwrite refuses to mix with it.
-RUN_FILES = ("metrics.jsonl", CHECKPOINTS, "best", "model.safetensors", "dev_metrics.json", "tensorboard",
+RUN_FILES = ("metrics.jsonl", CHECKPOINTS, BEST, "model.safetensors", "dev_metrics.json", "tensorboard",
              "loss.png")
+
+
+@dataclass
+class Position:
+    """Where in the data the next micro-batch comes from."""
+
+    epoch: int = 0
+    index: int = 0
+
+
+@dataclass
+class TrainState:
+    """Where a run is: what a checkpoint saves besides the weights, optimiser and schedule."""
+
+    step: int = 0
+    position: Position = field(default_factory=Position)
+    history: list[dict] = field(default_factory=list)
+    window: dict[str, float] = field(default_factory=dict)
+    """Metric sums of the steps since the last log row (kept across a resume, so rows match)."""
+    window_steps: int = 0
+
+
+def next_positions(position: Position, n: int, batches_in: Callable[[int], int]) -> list[Position]:
+    """The next n data positions, rolling over into the next epoch at its end."""
+    out, p = [], Position(position.epoch, position.index)
+    for _ in range(n):
+        while p.index >= batches_in(p.epoch):
+            if batches_in(p.epoch) == 0:
+                raise BertkitError("the training data yields no batch: it is empty or smaller than one batch")
+            p = Position(p.epoch + 1, 0)
+        out.append(Position(p.epoch, p.index))
+        p = Position(p.epoch, p.index + 1)
+    return out
 
 
 # ---- trainer state without pickle -------------------------------------------------------------------
@@ -193,6 +237,87 @@ def prune(out: Path, keep: int) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
+# ---- saving and restoring a run ---------------------------------------------------------------------
+
+
+def save_checkpoint(model: nn.Module, optimizer, scheduler, state: TrainState, config: TrainConfig,
+                    world: World, *, tokenizer=None) -> Path | None:
+    """Write model + optimiser + schedule + RNG + data position; only the main process writes.
+
+    Called only between complete optimiser steps, so the weights always belong to `state.step`."""
+    rng = distributed.all_gather_objects(torch.get_rng_state(), world)  # every rank's dropout stream
+    windows = distributed.all_gather_objects(state.window, world)  # every rank's unlogged metric sums
+    path = None
+    if world.is_main:
+        trainer_state = {
+            "step": state.step,
+            "position": asdict(state.position),
+            "layout": {"batch_size": config.batch_size, "grad_accum": config.grad_accum,
+                       "world_size": world.world_size},
+            "optimizer": optimizer.state_dict(),
+            "scheduler": scheduler.state_dict(),
+            "rng": rng,
+            "history": state.history,
+            "windows": windows,
+            "window_steps": state.window_steps,
+            "config": {k: str(v) for k, v in asdict(config).items()},
+        }
+        path = write_checkpoint(config.out, state.step, model, trainer_state, tokenizer=tokenizer,
+                                keep=config.keep_checkpoints)
+    distributed.barrier(world)
+    return path
+
+
+def load_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, world: World,
+                    config: TrainConfig) -> TrainState:
+    """Restore a checkpoint; on another number of processes the data continues where it stopped
+    (in units of this run's micro-batches) and each rank starts a fresh dropout stream."""
+    saved = read_trainer_state(directory)
+    load_state_into(model, directory)
+    try:
+        optimizer.load_state_dict(saved["optimizer"])
+        scheduler.load_state_dict(saved["scheduler"])
+    except (KeyError, ValueError, TypeError) as e:
+        raise BertkitError(f"{directory}: its optimiser state does not fit this model ({e})") from None
+    rng = saved["rng"]
+    if len(rng) == world.world_size:  # same number of processes: every rank continues its own stream
+        torch.set_rng_state(rng[world.rank])
+    else:
+        torch.manual_seed(config.seed + 1000 * (saved["step"] + 1) + world.rank)
+    epoch, index = moved_position(saved, config.batch_size * world.world_size)
+    return TrainState(saved["step"], Position(epoch, index), list(saved.get("history", [])),
+                      _resumed_window(saved.get("windows", []), world), int(saved.get("window_steps", 0)))
+
+
+def _resumed_window(windows: list[dict], world: World) -> dict[str, float]:
+    """This rank's unlogged metric sums; on another number of processes the main one takes them all."""
+    if len(windows) == world.world_size:
+        return dict(windows[world.rank])
+    if not world.is_main or not windows:
+        return {}
+    total: dict[str, float] = {}
+    for w in windows:
+        for k, v in w.items():
+            if k != "grad_norm":
+                total[k] = total.get(k, 0.0) + float(v)
+    if "grad_norm" in windows[0]:  # the same on every process
+        total["grad_norm"] = windows[0]["grad_norm"]
+    return total
+
+
+def start_state(model: nn.Module, optimizer, scheduler, config: TrainConfig,
+                world: World) -> tuple[TrainState, bool]:
+    """(state, resumed): the latest checkpoint's with --resume when there is one, else a fresh one."""
+    found = latest_checkpoint(config.out) if config.resume else None
+    if found is None:
+        torch.manual_seed(config.seed + world.rank)  # dropout streams differ by rank
+        return TrainState(), False
+    state = load_checkpoint(found, model, optimizer, scheduler, world, config)
+    if world.is_main:
+        print(f"resuming from {found} (step {state.step})", flush=True)
+    return state, True
+
+
 # ---- starting, continuing or overwriting a run ------------------------------------------------------
 
 
@@ -225,6 +350,14 @@ def clear_run(out: Path) -> None:
             path.unlink()
 
 
+def start_run(config: TrainConfig, world: World) -> None:
+    """Refuse to write over an earlier run unless told; --overwrite clears it (main process)."""
+    check_run_directory(config.out, resume=config.resume, overwrite=config.overwrite)
+    if config.overwrite and not config.resume and world.is_main:
+        clear_run(config.out)
+    distributed.barrier(world)
+
+
 # ---- resuming on a different number of processes ----------------------------------------------------
 
 
@@ -249,6 +382,20 @@ def resume_layout(saved: dict[str, Any], *, batch_size: int, grad_accum: int, wo
                      f"--batch-size {batch_size} on {world_size} process(es) cannot make up; use {hint}")
 
 
+def adapt_to_checkpoint(config: TrainConfig, world: World) -> TrainConfig:
+    """With --resume on another number of processes: the batch layout that keeps the global batch."""
+    found = latest_checkpoint(config.out) if config.resume else None
+    if found is None:
+        return config
+    saved = read_trainer_state(found)
+    batch_size, grad_accum = resume_layout(saved, batch_size=config.batch_size, grad_accum=config.grad_accum,
+                                           world_size=world.world_size)
+    if (batch_size, grad_accum) != (config.batch_size, config.grad_accum) and world.is_main:
+        print(f"resuming on {world.world_size} process(es): {grad_accum} accumulated micro-batch(es) of "
+              f"{batch_size} per process keep the global batch", flush=True)
+    return replace(config, batch_size=batch_size, grad_accum=grad_accum)
+
+
 def moved_position(saved: dict[str, Any], micro_batch: int) -> tuple[int, int]:
     """(epoch, index) of the next micro-batch of `micro_batch` sequences (all processes together).
 
@@ -260,3 +407,39 @@ def moved_position(saved: dict[str, Any], micro_batch: int) -> tuple[int, int]:
         return epoch, index
     consumed = index * layout["batch_size"] * layout["world_size"]
     return epoch, math.ceil(consumed / micro_batch)
+
+
+# ---- stopping on a signal ---------------------------------------------------------------------------
+
+
+class StopRequest:
+    """SIGINT/SIGTERM only set a flag; the loop looks at it between complete optimiser steps, so a
+    checkpoint never holds weights of a half-done step. A second signal stops at once (the last
+    checkpoint written stays intact)."""
+
+    def __init__(self) -> None:
+        self.signal: str | None = None
+
+    def __call__(self, signum, frame) -> None:
+        if self.signal is not None:
+            raise KeyboardInterrupt
+        self.signal = signal.Signals(signum).name
+
+    def agreed(self, world: World) -> bool:
+        """Whether any process was signalled: every process must stop after the same step."""
+        if not world.distributed:
+            return self.signal is not None
+        flag = torch.tensor([1.0 if self.signal else 0.0], dtype=torch.float64)
+        return bool(distributed.all_reduce_sum(flag, world).item() > 0)
+
+
+@contextlib.contextmanager
+def stop_on_signals() -> Iterator[StopRequest]:
+    """SIGINT and SIGTERM set the StopRequest it yields, until the block ends."""
+    stop = StopRequest()
+    old = {s: signal.signal(s, stop) for s in (signal.SIGINT, signal.SIGTERM)}
+    try:
+        yield stop
+    finally:
+        for s, h in old.items():
+            signal.signal(s, h)

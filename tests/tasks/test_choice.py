@@ -286,7 +286,7 @@ def test_finetune_saves_a_multiple_choice_model(finetuned):
 def test_dev_accuracy_is_the_saved_models_share_of_right_answers(finetuned):
     """dev_metrics.json's accuracy, recounted by hand: the saved (best) model's choices against the
     12 dev labels, one by one."""
-    from bertkit.finetune import load_finetuned, predict_examples
+    from bertkit.predict import load_finetuned, predict_examples
 
     loaded = load_finetuned(finetuned)
     examples = read(DEV)
@@ -297,7 +297,7 @@ def test_dev_accuracy_is_the_saved_models_share_of_right_answers(finetuned):
 
 
 def test_evaluate_json_and_predict_jsonl(finetuned, tmp_path, capsys):
-    from bertkit.finetune import evaluate_examples, load_finetuned
+    from bertkit.predict import evaluate_examples, load_finetuned
 
     assert main(["evaluate", "--model", str(finetuned), "--data", str(SWAG), "--json"]) == 0
     metrics = json.loads(capsys.readouterr().out)
@@ -375,7 +375,7 @@ def test_minilm_learns_the_fixture_rule_in_two_epochs(minilm_dir, tok):
 
 
 def _two_epochs(minilm_dir, tok) -> tuple[float, float, float]:
-    from bertkit.finetune import evaluate_examples
+    from bertkit.predict import evaluate_examples
     from bertkit.tasks.base import FeatureBatches
 
     task = Choice(DataOptions(max_length=32))

@@ -12,7 +12,7 @@ import torch
 from bertkit import BertConfig, BertForQuestionAnswering, Tokenizer
 from bertkit.cli import main
 from bertkit.errors import InputError
-from bertkit.finetune import evaluate_examples
+from bertkit.predict import evaluate_examples
 from bertkit.tasks import BadInput, DataOptions, make_task
 from bertkit.tasks.base import collate
 from bertkit.tasks.qa import (

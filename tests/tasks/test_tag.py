@@ -254,6 +254,22 @@ def test_entities_follow_conlleval():
     assert join_words(["in", "北", "京", "today"]) == "in北京today"
 
 
+def test_entities_of_a_plain_string_carry_character_offsets():
+    task = Tag()
+    task.labels = ["O", "B-LOC", "B-PER", "I-PER"]
+    (spaced,) = task.parse(["  John  Smith  lives in\tRome "])
+    row = task.to_json(spaced, TagPrediction(["B-PER", "I-PER", "O", "O", "B-LOC"]))
+    assert [(e["text"], e["start"], e["end"], e["start_char"], e["end_char"]) for e in row["entities"]] == \
+        [("John Smith", 0, 2, 2, 13), ("Rome", 4, 5, 24, 28)]
+    assert "  John  Smith  lives in\tRome "[2:13] == "John  Smith"
+    (chinese,) = task.parse([{"text": "我在北京"}])  # one word per character
+    (e,) = task.to_json(chinese, TagPrediction(["O", "O", "B-LOC", "B-LOC"]))["entities"][:1]
+    assert (e["text"], e["start_char"], e["end_char"]) == ("北", 2, 3)
+    (words,) = task.parse([["John", "Smith"]])  # given as words: no text to point into
+    assert task.to_json(words, TagPrediction(["B-PER", "I-PER"]))["entities"] == \
+        [{"type": "PER", "start": 0, "end": 2, "text": "John Smith"}]
+
+
 def test_entities_match_seqeval_on_random_tags():
     from seqeval.metrics.sequence_labeling import get_entities
 
@@ -447,8 +463,10 @@ def test_evaluate_json_and_predict_jsonl(finetuned, ner_files, tmp_path, capsys)
     rows = [json.loads(x) for x in out.read_text().splitlines()]
     assert rows[0]["tokens"] == ["mary", "lives", "in", "tokyo", "."]
     assert rows[0]["tags"] == ["B-PER", "O", "O", "B-LOC", "O"]
-    assert rows[1]["entities"] == [{"type": "PER", "start": 1, "end": 3, "text": "omar smith"},
-                                   {"type": "LOC", "start": 4, "end": 5, "text": "rome"}]
+    # words [start, end) and, for plain-text input, characters [start_char, end_char) of the line
+    assert rows[1]["entities"] == [
+        {"type": "PER", "start": 1, "end": 3, "text": "omar smith", "start_char": 10, "end_char": 20},
+        {"type": "LOC", "start": 4, "end": 5, "text": "rome", "start_char": 29, "end_char": 33}]
     # a CoNLL file is read with the task's reader (its tags ignored)
     assert main(["predict", "--model", str(finetuned), "--input", str(dev), "--output", str(out)]) == 0
     assert len(out.read_text().splitlines()) == 24

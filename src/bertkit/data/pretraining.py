@@ -30,7 +30,8 @@ import torch.nn.functional as F
 from torch import Tensor
 
 from bertkit.errors import InputError
-from bertkit.heads import IGNORE
+from bertkit.labels import IGNORE
+from bertkit.settings import OBJECTIVES, PretrainingConfig  # torch-free there, for the command line
 
 __all__ = [
     "OBJECTIVES", "IS_NEXT", "RANDOM_NEXT", "IN_ORDER", "SWAPPED",
@@ -39,7 +40,6 @@ __all__ = [
     "mask_seed", "collate", "PretrainingBatches", "example_stats",
 ]
 
-OBJECTIVES = ("mlm+nsp", "mlm+sop", "mlm")
 IS_NEXT, RANDOM_NEXT = 0, 1  # NSP labels, as the original's is_random_next (and HF's next_sentence_label)
 IN_ORDER, SWAPPED = 0, 1  # SOP labels (ALBERT: a swapped pair is the negative)
 
@@ -82,55 +82,6 @@ class SpecialTokenIds(Protocol):
 
     @property
     def vocab_size(self) -> int: ...
-
-
-@dataclass(frozen=True)
-class PretrainingConfig:
-    """How examples are made and masked."""
-
-    max_length: int = 128
-    """Tokens per sequence, [CLS] and [SEP]s included."""
-    objective: str = "mlm+nsp"
-    """mlm+nsp (next sentence prediction), mlm+sop (sentence order prediction) or mlm (no sentence task)."""
-    short_seq_prob: float = 0.1
-    """Probability that an example aims at a random shorter length in [2, max] (original's default 0.1)."""
-    mask_rate: float = 0.15
-    """Fraction of real tokens selected for MLM prediction (BERT paper §3.1)."""
-    max_predictions_per_seq: int | None = None
-    """Cap on selected tokens per sequence; None: round(max_length * mask_rate)."""
-    whole_word_masking: bool = False
-    """Select all pieces of a word together (Google's whole-word-masking release)."""
-    seed: int = 0
-    """Root of every random choice; examples and masks are functions of (seed, epoch)."""
-
-    def __post_init__(self) -> None:
-        if self.objective not in OBJECTIVES:
-            raise InputError(f"unknown objective {self.objective!r}; choose one of {', '.join(OBJECTIVES)}")
-        smallest = 3 if self.objective == "mlm" else 5  # room for the specials and 1 (or 1 + 1) tokens
-        if not _is_int(self.max_length) or self.max_length < smallest:
-            raise InputError(f"max_length must be an integer >= {smallest} for {self.objective}, "
-                             f"got {self.max_length!r}")
-        if not 0.0 <= self.short_seq_prob <= 1.0:
-            raise InputError(f"short_seq_prob must be in [0, 1], got {self.short_seq_prob!r}")
-        if not 0.0 < self.mask_rate < 1.0:
-            raise InputError(f"mask_rate must be in (0, 1), got {self.mask_rate!r}")
-        cap = self.max_predictions_per_seq
-        if cap is not None and (not _is_int(cap) or cap < 1):
-            raise InputError(f"max_predictions_per_seq must be a positive integer or None, got {cap!r}")
-        if not _is_int(self.seed) or self.seed < 0:
-            raise InputError(f"seed must be a non-negative integer, got {self.seed!r}")
-
-    @property
-    def max_predictions(self) -> int:
-        """The effective cap on selected tokens per sequence."""
-        if self.max_predictions_per_seq is not None:
-            return self.max_predictions_per_seq
-        return max(1, round(self.max_length * self.mask_rate))
-
-    @property
-    def max_num_tokens(self) -> int:
-        """Room for A and B: [CLS] A [SEP] B [SEP] takes 3 specials, [CLS] A [SEP] takes 2."""
-        return self.max_length - (2 if self.objective == "mlm" else 3)
 
 
 class Example(NamedTuple):

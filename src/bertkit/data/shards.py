@@ -26,7 +26,7 @@ import shutil
 import sys
 import time
 import uuid
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -299,7 +299,7 @@ class _Encoder:
 
     def __init__(self, tokenizer: Tokenizer, segment: Callable[[str], set[int]] | None,
                  stats: PrepareStats) -> None:
-        self.engine = tokenizer._engine
+        self.tokenizer = tokenizer
         self.segment = segment
         self.stats = stats
         self.dtype = token_dtype(tokenizer.vocab_size)
@@ -311,15 +311,14 @@ class _Encoder:
     def __call__(self, docs: list[Document]) -> Iterator[_Tokenized]:
         texts = [self._defuse(s) for doc in docs for s in doc.sentences]
         if self.segment is None:
-            encode = getattr(self.engine, "encode_batch_fast", self.engine.encode_batch)  # no offsets
-        else:
-            encode = self.engine.encode_batch
-        encodings = encode(texts, add_special_tokens=False)
-        id_lists = [e.ids for e in encodings]  # each .ids access builds a new Python list
+            id_lists, offsets = self.tokenizer.piece_ids(texts), None
+        else:  # whole-word masking needs where each piece begins in its text
+            pieces = self.tokenizer.pieces(texts)
+            id_lists, offsets = [p.ids for p in pieces], [p.offsets for p in pieces]
         lengths = np.fromiter(map(len, id_lists), dtype=np.int64, count=len(id_lists))
         ids = np.fromiter(itertools.chain.from_iterable(id_lists), dtype=np.int64, count=int(lengths.sum()))
         self.stats.unk_tokens += int(np.count_nonzero(ids == self.unk_id))
-        word_starts = self._word_starts(ids, encodings, texts)
+        word_starts = self._word_starts(ids, offsets, texts)
         return self._split(docs, ids.astype(self.dtype), word_starts, lengths)
 
     def _defuse(self, text: str) -> str:
@@ -328,16 +327,17 @@ class _Encoder:
         self.stats.specials_in_text += len(_SPECIAL_RE.findall(text))
         return _SPECIAL_RE.sub(lambda m: "[" + _ZWSP + m.group()[1:], text)
 
-    def _word_starts(self, ids: np.ndarray, encodings: list, texts: list[str]) -> np.ndarray:
+    def _word_starts(self, ids: np.ndarray, offsets: list[Sequence[tuple[int, int]]] | None,
+                     texts: list[str]) -> np.ndarray:
         pieces = self.starts_word[ids]
-        if self.segment is None:
+        if offsets is None:
             return pieces
         # a piece begins a word iff jieba has a word starting at its first character
         starts = np.zeros(len(ids), dtype=np.uint8)
         pos = 0
-        for encoding, text in zip(encodings, texts):
-            words = self.segment(text) if encoding.ids else ()
-            for start, _ in encoding.offsets:
+        for spans, text in zip(offsets, texts):
+            words = self.segment(text) if len(spans) else ()
+            for start, _ in spans:
                 starts[pos] = start in words
                 pos += 1
         return starts & pieces

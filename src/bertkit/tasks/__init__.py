@@ -5,14 +5,8 @@ from __future__ import annotations
 import importlib
 
 from bertkit.errors import InputError
+from bertkit.settings import TASKS  # name -> implementing class; torch-free there, for the CLI
 from bertkit.tasks.base import BadInput, DataOptions, Task
-
-TASKS = {
-    "classify": "bertkit.tasks.classify:Classify",
-    "tag": "bertkit.tasks.tag:Tag",
-    "qa": "bertkit.tasks.qa:QuestionAnswering",
-    "choice": "bertkit.tasks.choice:Choice",
-}
 
 
 def task_class(name: str) -> type[Task]:

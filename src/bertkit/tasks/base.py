@@ -18,7 +18,7 @@ import json
 import logging
 import math
 from collections.abc import Callable, Iterator, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, ClassVar
 
@@ -28,8 +28,8 @@ from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
-from bertkit.heads import IGNORE
-from bertkit.options import LONG_TEXT, at_least, check_choices, choices, finite, integer, not_empty
+from bertkit.labels import IGNORE
+from bertkit.settings import DataOptions  # torch-free there, for the command line
 
 log = logging.getLogger("bertkit")
 
@@ -37,47 +37,6 @@ Feature = dict[str, Any]
 """Model inputs of one sequence (input_ids, token_type_ids, labels, ...) as lists and numbers.
 Keys starting with "_" are bookkeeping for post-processing (_example, _word_ids, _offsets, ...)
 and never reach the model."""
-
-
-@dataclass
-class DataOptions:
-    """How to read labelled files and turn them into model inputs."""
-
-    text_column: str | None = None
-    """Column (CSV/TSV) or field (JSONL) with the text; default: text, sentence, sentence1, question..."""
-    text_pair_column: str | None = None
-    """Column with the second text of a pair; default: text_pair, sentence2, hypothesis... when present."""
-    label_column: str | None = None
-    """Column with the label; default: label."""
-    tag_column: int = -1
-    """CoNLL: which whitespace-separated column holds the tag (-1: the last)."""
-    label_separator: str | None = None
-    """Several labels per text (multi-label), separated by this string in the label column (e.g. '|')."""
-    regression: bool = False
-    """The label is a number to predict (e.g. a similarity score), not a class."""
-    max_length: int = 128
-    """Tokens per sequence, [CLS] and [SEP]s included."""
-    long_text: str = field(default="truncate", metadata=choices(LONG_TEXT))
-    """Inputs longer than max_length: truncate, or window (overlapping windows, predictions combined)."""
-    stride: int = 32
-    """Tokens of overlap between consecutive windows (--long-text window, and QA contexts)."""
-    skip_bad_lines: bool = False
-    """Skip (and count) malformed lines instead of stopping at the first."""
-    no_answer_threshold: float | None = None
-    """QA: answer nothing when the [CLS] score beats the best span's by more than this (SQuAD 2.0);
-    default: 0.0 when the training data has unanswerable questions, else always answer (SQuAD 1.1)."""
-
-    def __post_init__(self) -> None:
-        check_choices(self)
-        integer("tag_column", self.tag_column)
-        not_empty("label_separator", self.label_separator)
-        at_least("max_length", self.max_length, 5)  # [CLS], two [SEP]s and a token of each text
-        at_least("stride", self.stride, 0)
-        if self.long_text == "window" and self.stride >= self.max_length - 2:
-            raise InputError(f"--stride {self.stride} must be less than --max-length {self.max_length} minus 2 "
-                             f"([CLS] and [SEP]), or consecutive windows would not move forward")
-        if self.no_answer_threshold is not None:
-            finite("no_answer_threshold", self.no_answer_threshold)
 
 
 # ---- bad input ---------------------------------------------------------------------------------------

@@ -35,14 +35,12 @@ from pathlib import Path
 from typing import Any, NamedTuple
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
+from bertkit.objective import Mean, Objective, Step, correct, cross_entropy_loss, labelled, mask_choices
 from bertkit.tasks.base import BadInput, DataOptions, Featurized, Task, pick_field, read_records, table_format
-from bertkit.train import StepSums
 
 CONTEXT_FIELDS = ("context", "question", "sent1", "premise", "goal", "ctx")
 CHOICE_FIELDS = ("choices", "endings", "options", "candidates")
@@ -223,7 +221,7 @@ class Choice(Task):
 
     def outputs(self, model: nn.Module, batch: dict[str, Tensor]) -> dict[str, Tensor]:
         logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits  # (B, N)
-        return {"logits": masked(logits.float(), batch["choice_mask"])}
+        return {"logits": mask_choices(logits.float(), batch["choice_mask"])}
 
     # ---- post-processing
 
@@ -375,12 +373,6 @@ def _features(examples: list[ChoiceExample], sequences, tokenizer) -> list[dict[
     return features
 
 
-def masked(logits: Tensor, choice_mask: Tensor) -> Tensor:
-    """Logits (B, N) with padding choices at the lowest finite value: softmax gives them 0 and
-    cross-entropy over the real choices is unchanged (no -inf, so no NaN in gradients)."""
-    return logits.masked_fill(choice_mask == 0, torch.finfo(logits.dtype).min)
-
-
 def _predict(logits: np.ndarray) -> ChoicePrediction:
     z = np.exp(logits - logits.max())
     p = z / z.sum()
@@ -388,23 +380,18 @@ def _predict(logits: np.ndarray) -> ChoicePrediction:
     return ChoicePrediction(k, float(p[k]), p.tolist())
 
 
-class ChoiceObjective(nn.Module):
-    """Loss sums for train.fit: cross-entropy over each example's choices, counted per example."""
+def choice_step(model: nn.Module, batch: dict[str, Tensor]) -> Step:
+    """Cross-entropy over each example's real choices (padding ones masked out, as the head does
+    with choice_mask), and how many examples are right."""
+    logits = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits  # (B, N)
+    logits = mask_choices(logits.float(), batch["choice_mask"])
+    labels = batch["labels"]  # (B,)
+    return Step({"choice": cross_entropy_loss(logits, labels)}, {"correct": correct(logits, labels)})
+
+
+class ChoiceObjective(Objective):
+    """Loss sums for train.fit, counted per example, and accuracy."""
 
     def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def counts(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        return {"choice": float(batch["labels"].numel())}  # (B,)
-
-    def forward(self, batch: dict[str, Tensor]) -> StepSums:
-        logits = self.model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits  # (B, N)
-        logits = masked(logits.float(), batch["choice_mask"])
-        labels = batch["labels"]
-        loss = F.cross_entropy(logits, labels, reduction="sum")
-        return StepSums({"choice": loss}, {"correct": (logits.argmax(-1) == labels).sum().detach()})
-
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        n = max(sums.get("n_choice", 0.0), 1.0)
-        return {"loss": sums.get("loss_choice", 0.0) / n, "accuracy": sums.get("correct", 0.0) / n}
+        super().__init__(model, choice_step, counts={"choice": lambda batch: labelled(batch["labels"])},
+                         report={"accuracy": Mean("correct", over="choice")})

@@ -10,6 +10,7 @@ from __future__ import annotations
 import warnings
 from collections import defaultdict
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -18,9 +19,8 @@ from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
-from bertkit.heads import classification_loss
+from bertkit.objective import Mean, Objective, Step, classification_count, classification_loss, correct
 from bertkit.tasks.base import BadInput, Featurized, Task, drop_skipped, pick_field, read_records, windows
-from bertkit.train import StepSums
 
 TEXT_FIELDS = ("text", "sentence1", "premise", "question1", "question", "sentence", "review", "content")
 PAIR_FIELDS = ("text_pair", "sentence2", "hypothesis", "question2")
@@ -277,31 +277,26 @@ def sort_labels(names: set[str]) -> list[str]:
         return sorted(names)
 
 
-class ClassifyObjective(nn.Module):
-    """Loss sums for train.fit: per example (or per example × label for several labels at once)."""
+def classify_step(model: nn.Module, batch: dict[str, Tensor], *, problem_type: str) -> Step:
+    """The loss summed per example (per example × label for several labels at once), and how
+    many of those the model gets right (none for regression)."""
+    out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    logits = out.logits.float()  # (B, L)
+    labels = batch["labels"]  # (B,), or (B, L) for several labels
+    metrics = {}
+    if problem_type == "single_label_classification":
+        metrics["correct"] = correct(logits, labels)
+    elif problem_type == "multi_label_classification":
+        metrics["correct"] = ((logits > 0) == (labels > 0.5)).sum()
+    return Step({"cls": classification_loss(logits, labels, problem_type)}, metrics)
+
+
+class ClassifyObjective(Objective):
+    """Loss sums for train.fit, and accuracy (per label for several labels at once)."""
 
     def __init__(self, model: nn.Module, problem_type: str):
-        super().__init__()
-        self.model, self.problem_type = model, problem_type
-
-    def counts(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        labels = batch["labels"]
-        return {"cls": float(labels.numel())}  # (B,) or (B, L) for several labels
-
-    def forward(self, batch: dict[str, Tensor]) -> StepSums:
-        logits = self.model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits.float()
-        labels = batch["labels"]
-        loss = classification_loss(logits, labels, self.problem_type, reduction="sum")
-        metrics = {}
-        if self.problem_type == "single_label_classification":
-            metrics["correct"] = (logits.argmax(-1) == labels).sum().detach()
-        elif self.problem_type == "multi_label_classification":
-            metrics["correct"] = ((logits > 0) == (labels > 0.5)).sum().detach()
-        return StepSums({"cls": loss}, metrics)
-
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        n = max(sums.get("n_cls", 0.0), 1.0)
-        out = {"loss": sums.get("loss_cls", 0.0) / n}
-        if "correct" in sums:
-            out["accuracy"] = sums["correct"] / n
-        return out
+        accuracy = {} if problem_type == "regression" else {"accuracy": Mean("correct", over="cls")}
+        super().__init__(model, partial(classify_step, problem_type=problem_type),
+                         counts={"cls": lambda batch: classification_count(batch["labels"], problem_type)},
+                         report=accuracy)
+        self.problem_type = problem_type

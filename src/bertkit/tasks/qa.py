@@ -29,7 +29,7 @@ from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
-from bertkit.heads import span_loss
+from bertkit.objective import Mean, Objective, Step, answer_count, answer_loss
 from bertkit.tasks.base import (
     BadInput,
     DataOptions,
@@ -41,7 +41,6 @@ from bertkit.tasks.base import (
     read_records,
     windows,
 )
-from bertkit.train import StepSums
 
 # The original BERT run_squad.py settings.
 MAX_QUESTION_TOKENS = 64  # max_query_length: longer questions are cut
@@ -380,26 +379,25 @@ def span_logits(model: nn.Module, batch: dict[str, Tensor]) -> tuple[Tensor, Ten
     return out.start_logits.float().masked_fill(padding, -1e4), out.end_logits.float().masked_fill(padding, -1e4)
 
 
-class SpanObjective(nn.Module):
-    """(start cross-entropy + end cross-entropy) / 2, summed over features."""
+def span_step(model: nn.Module, batch: dict[str, Tensor]) -> Step:
+    """(start cross-entropy + end cross-entropy) / 2 summed over features, and how many features
+    get both positions right."""
+    start, end = span_logits(model, batch)
+    gold_start, gold_end = batch["start_positions"], batch["end_positions"]  # (B,) each
+    hit = (start.argmax(-1) == gold_start) & (end.argmax(-1) == gold_end)
+    return Step({"span": answer_loss(start, end, gold_start, gold_end)}, {"exact_positions": hit.sum()})
+
+
+def span_count(batch: dict[str, Tensor]) -> Tensor:
+    return answer_count(batch["start_positions"], batch["end_positions"], batch["input_ids"].shape[1])
+
+
+class SpanObjective(Objective):
+    """Loss sums for train.fit, and the share of features with both positions right."""
 
     def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def counts(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        return {"span": float(batch["start_positions"].numel())}
-
-    def forward(self, batch: dict[str, Tensor]) -> StepSums:
-        start, end = span_logits(self.model, batch)
-        gold_start, gold_end = batch["start_positions"], batch["end_positions"]
-        loss = (span_loss(start, gold_start, reduction="sum") + span_loss(end, gold_end, reduction="sum")) / 2
-        hit = (start.argmax(-1) == gold_start) & (end.argmax(-1) == gold_end)
-        return StepSums({"span": loss}, {"exact_positions": hit.sum().detach()})
-
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        n = max(sums.get("n_span", 0.0), 1.0)
-        return {"loss": sums.get("loss_span", 0.0) / n, "position_accuracy": sums.get("exact_positions", 0.0) / n}
+        super().__init__(model, span_step, counts={"span": span_count},
+                         report={"position_accuracy": Mean("exact_positions", over="span")})
 
 
 # ---- post-processing -----------------------------------------------------------------------------------

@@ -34,7 +34,8 @@ from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
-from bertkit.heads import IGNORE, token_loss
+from bertkit.labels import IGNORE
+from bertkit.objective import Mean, Objective, Step, correct, cross_entropy_loss, labelled
 from bertkit.tasks.base import (
     BadInput,
     Featurized,
@@ -46,7 +47,6 @@ from bertkit.tasks.base import (
     read_text_lines,
     windows,
 )
-from bertkit.train import StepSums
 
 log = logging.getLogger("bertkit")
 
@@ -67,6 +67,7 @@ class Sentence:
     words: list[str]
     tags: list[str] | None = None  # None: unlabelled
     lines: list[int] | None = None  # line of each word in its file (CoNLL), for file:line messages
+    text: str | None = None  # the string the words were split from (a plain-text input), for character offsets
 
     def where_word(self, k: int) -> str:
         if self.lines is None:
@@ -118,6 +119,25 @@ def entities(words: list[str], tags: list[str]) -> list[Entity]:
         if kind is not None and not continues:
             start, current = i, kind
     return found
+
+
+def word_spans(text: str, words: list[str]) -> list[tuple[int, int]]:
+    """Each word's [start, end) characters in the text it was split from (split_text's words, in order)."""
+    spans, at = [], 0
+    for w in words:
+        start = text.index(w, at)
+        spans.append((start, start + len(w)))
+        at = start + len(w)
+    return spans
+
+
+def entity_json(entity: Entity, spans: list[tuple[int, int]] | None) -> dict[str, Any]:
+    """An entity as predict and pipeline write it: type, words [start, end), text, and, for a plain-text
+    input, its characters [start_char, end_char) in that text (spaCy's names for the same pair)."""
+    out: dict[str, Any] = entity._asdict()
+    if spans is not None:
+        out["start_char"], out["end_char"] = spans[entity.start][0], spans[entity.end - 1][1]
+    return out
 
 
 def join_words(words: list[str]) -> str:
@@ -249,6 +269,7 @@ class Tag(Task):
         for i, item in enumerate(inputs):
             if isinstance(item, dict):
                 item = next((item[k] for k in (*TOKEN_FIELDS, "text") if k in item), None)
+            text = item if isinstance(item, str) else None
             if isinstance(item, str):
                 words = split_text(item)
             elif isinstance(item, (list, tuple)) and all(isinstance(w, str) for w in item):
@@ -257,7 +278,7 @@ class Tag(Task):
                 raise InputError(f"input {i}: expected a text, a list of words or a dict with 'tokens'")
             if not words:
                 raise InputError(f"input {i}: no words")
-            out.append(Sentence(f"input {i}", words))
+            out.append(Sentence(f"input {i}", words, text=text))
         return out
 
     def label_names(self, examples: list[Sentence]) -> list[str]:
@@ -343,7 +364,8 @@ class Tag(Task):
         tags = prediction.tags if prediction is not None else None
         out: dict[str, Any] = {"tokens": example.words, "tags": tags}
         if is_bio(self.labels) and tags is not None:
-            out["entities"] = [e._asdict() for e in entities(example.words, tags)]
+            spans = word_spans(example.text, example.words) if example.text is not None else None
+            out["entities"] = [entity_json(e, spans) for e in entities(example.words, tags)]
         return out
 
 
@@ -471,23 +493,17 @@ def tag_metrics(gold: list[list[str]], guess: list[list[str]]) -> dict[str, floa
 # ---- objective ----------------------------------------------------------------------------------------
 
 
-class TagObjective(nn.Module):
-    """Loss sums for train.fit: cross-entropy summed over the labelled pieces (first pieces of words)."""
+def tag_step(model: nn.Module, batch: dict[str, Tensor]) -> Step:
+    """Cross-entropy summed over the labelled pieces (first pieces of words), and how many are right."""
+    out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    logits = out.logits.float()  # (B, T, L)
+    labels = batch["labels"]  # (B, T)
+    return Step({"tag": cross_entropy_loss(logits, labels)}, {"correct": correct(logits, labels)})
+
+
+class TagObjective(Objective):
+    """Loss sums for train.fit, and piece accuracy."""
 
     def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def counts(self, batch: dict[str, Tensor]) -> dict[str, float]:
-        return {"tag": float((batch["labels"] != IGNORE).sum())}
-
-    def forward(self, batch: dict[str, Tensor]) -> StepSums:
-        logits = self.model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits.float()
-        labels = batch["labels"]  # (B, T)
-        loss = token_loss(logits, labels, reduction="sum")
-        correct = ((logits.argmax(-1) == labels) & (labels != IGNORE)).sum().detach()
-        return StepSums({"tag": loss}, {"correct": correct})
-
-    def summarize(self, sums: dict[str, float]) -> dict[str, float]:
-        n = max(sums.get("n_tag", 0.0), 1.0)
-        return {"loss": sums.get("loss_tag", 0.0) / n, "accuracy": sums.get("correct", 0.0) / n}
+        super().__init__(model, tag_step, counts={"tag": lambda batch: labelled(batch["labels"])},
+                         report={"accuracy": Mean("correct", over="tag")})
