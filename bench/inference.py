@@ -55,11 +55,8 @@ import torch  # noqa: E402
 
 import bertkit  # noqa: E402
 from bertkit import BertModel, Tokenizer  # noqa: E402
-
-try:  # the embeddings module was renamed embed -> embedding; accept either
-    from bertkit.embedding import Embedder, default_model_dir
-except ImportError:  # pragma: no cover
-    from bertkit.embed import Embedder, default_model_dir
+from bertkit.embedding import Embedder, default_model_dir  # noqa: E402
+from bertkit.padding import pad_inputs  # noqa: E402
 
 
 def plural(n: int, word: str, words: str | None = None) -> str:
@@ -102,24 +99,13 @@ def build_texts(n: int, seed: int, single_fraction: float = 0.5) -> list[str]:
 # ----------------------------------------------------------------------------------- batches
 
 
-def make_batch(rows: list[list[int]], types: list[list[int]], pad_id: int) -> dict[str, torch.Tensor]:
-    """Ragged rows -> input_ids, token_type_ids, attention_mask (B, T), padded to the longest row."""
-    T = max(len(r) for r in rows)
-    input_ids = torch.full((len(rows), T), pad_id, dtype=torch.long)
-    token_type_ids = torch.zeros((len(rows), T), dtype=torch.long)
-    attention_mask = torch.zeros((len(rows), T), dtype=torch.long)
-    for i, (r, t) in enumerate(zip(rows, types)):
-        input_ids[i, : len(r)] = torch.tensor(r)
-        token_type_ids[i, : len(t)] = torch.tensor(t)
-        attention_mask[i, : len(r)] = 1
-    return {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
-
-
 def batches_for(order: list[int], enc, batch_size: int, pad_id: int) -> list[dict[str, torch.Tensor]]:
+    """input_ids, attention_mask, token_type_ids (B, T) of each batch, padded to its longest row."""
     out = []
     for s in range(0, len(order), batch_size):
         idx = order[s : s + batch_size]
-        out.append(make_batch([enc["input_ids"][i] for i in idx], [enc["token_type_ids"][i] for i in idx], pad_id))
+        out.append(pad_inputs([enc["input_ids"][i] for i in idx], pad_id,
+                              token_types=[enc["token_type_ids"][i] for i in idx]))
     return out
 
 

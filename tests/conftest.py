@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.resources
+import socket
 from pathlib import Path
 
 import pytest
@@ -30,6 +31,13 @@ def tiny_config(**changes) -> BertConfig:
     )
     base.update(changes)
     return BertConfig(**base)
+
+
+def free_port() -> int:
+    """A loopback port no one listens on now: torchrun's --master_port, so that runs never collide."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def reference_config(config: BertConfig):

@@ -10,6 +10,7 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "finetune.py"
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("against", ["transformers", "random"])
 def test_finetune_bench_runs_both_sides(tmp_path, tiny_model_dir, against):
     data = tmp_path / "train.csv"

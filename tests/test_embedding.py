@@ -14,7 +14,6 @@ from bertkit.embedding import (
     format_similarities,
     length_batches,
     mean_pool,
-    pad_batch,
     similarity_table,
 )
 
@@ -79,8 +78,6 @@ def test_bad_batch_size(embedder):
 
 def test_helpers_by_hand():
     assert length_batches([3, 9, 1, 5], 2) == [[1, 3], [0, 2]]
-    ids, mask = pad_batch([[5, 6, 7], [8]], pad_id=0)
-    assert ids.tolist() == [[5, 6, 7], [8, 0, 0]] and mask.tolist() == [[1, 1, 1], [1, 0, 0]]
     hidden = torch.tensor([[[1.0, 2.0], [3.0, 4.0], [100.0, 100.0]]])
     torch.testing.assert_close(mean_pool(hidden, torch.tensor([[1, 1, 0]])), torch.tensor([[2.0, 3.0]]))
 

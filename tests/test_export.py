@@ -152,6 +152,7 @@ def minilm_export(tmp_path_factory, minilm_dir):
     return out, export_onnx(minilm_dir, out)
 
 
+@pytest.mark.slow
 def test_minilm_sentence_embeddings_match_bertkit_embed(minilm_export, minilm_dir):
     import bertkit
 
@@ -168,6 +169,7 @@ def test_minilm_sentence_embeddings_match_bertkit_embed(minilm_export, minilm_di
     assert OnnxModel(out).embed([]).shape == (0, 384)
 
 
+@pytest.mark.slow
 def test_minilm_folder_holds_a_whole_model(minilm_export, minilm_dir):
     from bertkit import Tokenizer
 
@@ -181,6 +183,7 @@ def test_minilm_folder_holds_a_whole_model(minilm_export, minilm_dir):
     assert Tokenizer.from_pretrained(out)(text)["input_ids"] == Tokenizer.from_pretrained(minilm_dir)(text)["input_ids"]
 
 
+@pytest.mark.slow
 def test_onnxruntime_optimisation_levels_agree(minilm_export):
     out, _ = minilm_export
     basic = OnnxModel(out, optimization="basic", threads=1).embed(TEXTS[:3])
@@ -341,6 +344,7 @@ def test_the_command_line_options_and_report(tiny_export, tmp_path, capsys):
 # ---- the benchmark ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_bench_runs_on_a_tiny_model(tiny_export, tmp_path):
     source, _, _ = tiny_export("BertModel")
     bench = Path(__file__).resolve().parents[1] / "bench" / "onnx_inference.py"

@@ -7,6 +7,7 @@ A full disk is real: the temporary file is opened on /dev/full, whose writes fai
 from __future__ import annotations
 
 import errno
+import io
 import os
 from pathlib import Path
 
@@ -22,6 +23,7 @@ from bertkit.fileio import (
     check_output_file,
     ensure_parent,
     prepare_output_dir,
+    read_lines,
     write_text_atomically,
 )
 
@@ -51,6 +53,24 @@ def test_check_input_file(tmp_path):
         check_input_file(tmp_path)
     with pytest.raises(InputError, match="missing.txt: no such file$"):
         check_input_file(tmp_path / "missing.txt")
+
+
+def test_read_lines(tmp_path, monkeypatch):
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"\xef\xbb\xbfone\r\ntwo\n\nthree\n")
+    assert read_lines(path) == ["\ufeffone", "two", "", "three"]  # no empty line after the last newline
+    assert read_lines(path, strip_bom=True) == ["one", "two", "", "three"]
+    path.write_bytes(b"fine\ncaf\xe9\nend")
+    with pytest.raises(InputError, match=f"^{path}:2: not valid UTF-8 \\(byte 3\\)$"):
+        read_lines(path)
+    reported = []
+    assert read_lines(path, lambda where, problem: reported.append((where, problem))) == ["fine", None, "end"]
+    assert reported == [(f"{path}:2", "not valid UTF-8 (byte 3)")]
+    monkeypatch.setattr("sys.stdin", io.TextIOWrapper(io.BytesIO(b"a\n\xff\n")))
+    with pytest.raises(InputError, match="^<stdin>:2: not valid UTF-8"):
+        read_lines("-")
+    with pytest.raises(InputError, match="missing.txt: no such file$"):
+        read_lines(tmp_path / "missing.txt")
 
 
 def test_check_output_dir_creates_nothing(tmp_path):

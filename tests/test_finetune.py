@@ -12,6 +12,7 @@ import torch
 
 from bertkit import BertForSequenceClassification, BertModel
 from bertkit.cli import main
+from tests.conftest import free_port
 
 
 def test_random_init_keeps_only_the_architecture(tmp_path, tiny_model_dir):
@@ -36,6 +37,7 @@ def test_max_length_beyond_the_model_is_a_clear_error(tmp_path, tiny_model_dir, 
     assert "exceeds the model's max_position_embeddings=128" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on Linux")
 def test_two_processes_match_one_process_with_double_batch(tmp_path, minilm_dir):
     from bertkit import Tokenizer
@@ -58,8 +60,8 @@ def test_two_processes_match_one_process_with_double_batch(tmp_path, minilm_dir)
 
     assert main(args(tmp_path / "one", 8)) == 0
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29518",
-           "-m", "bertkit", *args(tmp_path / "two", 4)]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), "-m", "bertkit", *args(tmp_path / "two", 4)]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
 

@@ -22,7 +22,9 @@ PACKAGE = Path(__file__).resolve().parents[1] / "src" / "bertkit"
 LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("fileio",),
-    ("config", "labels"),  # labels: IGNORE and other label constants shared by data, tasks and heads
+    # labels: IGNORE and other label constants shared by data, tasks and heads; padding: ragged token
+    # lists -> padded batches, for data, tasks, embedding and export
+    ("config", "labels", "padding"),
     ("options", "settings", "distributed"),  # settings: the torch-free argument dataclasses of the CLI
     ("tokenizer", "models", "data.corpus"),  # models: model names -> checkpoint folders
     ("checkpoint",),  # the file format and key map: it takes any module with a config, never model.py's classes

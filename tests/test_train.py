@@ -192,6 +192,7 @@ def _final_state(out):
     return read_trainer_state(latest_checkpoint(out))
 
 
+@pytest.mark.slow
 def test_a_signal_anywhere_in_a_step_resumes_bitwise(tmp_path, capsys):
     """SIGTERM/SIGINT at evenly spaced points of the whole run (and a second signal mid-step), then
     --resume: the weights, the optimiser state and the logged metrics equal the uninterrupted run's."""

@@ -31,6 +31,8 @@ from bertkit.errors import BertkitError, InputError
 from bertkit.export import ExportArgs, cmd_export  # imports neither torch nor onnx
 from bertkit.models import resolve_model
 from bertkit.options import plural
+from bertkit.serve import cmd_serve  # imports neither torch nor FastAPI
+from bertkit.serve.settings import ServeArgs
 from bertkit.settings import (
     FINETUNE_DERIVED,
     FINETUNE_TRAINING,
@@ -53,20 +55,7 @@ from bertkit.settings import (
 
 def _read_lines(source: str) -> list[str]:
     """Texts, one per line, from a file or '-' for standard input; blank lines are skipped."""
-    if source == "-":
-        data = sys.stdin.buffer.read()
-        name = "<stdin>"
-    else:
-        data, name = fileio.check_input_file(source).read_bytes(), source
-    lines = []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            line = raw.decode("utf-8").rstrip("\r")
-        except UnicodeDecodeError as e:
-            raise InputError(f"{name}:{number}: not valid UTF-8 (byte {e.start})") from None
-        if line.strip():
-            lines.append(line)
-    return lines
+    return [line for line in fileio.read_lines(source) if line and line.strip()]  # a bad line raises
 
 
 # ---- typed configs as options ------------------------------------------------------------------------
@@ -512,6 +501,9 @@ def build_parser() -> argparse.ArgumentParser:
     command("info", cmd_info, "Describe a checkpoint: architecture, sizes, parameters, labels.", InfoArgs)
     command("models", cmd_models, "List the models --model can name: the built-in one and those in the local "
             "models folder ($BERTKIT_HOME/models).")
+    command("serve", cmd_serve, "Serve a model over HTTP (127.0.0.1:8080 by default): OpenAI /v1/embeddings, "
+            "TEI /embed, /predict, /fill-mask, /tokenize, /metrics and a page at /, with dynamic batching.",
+            ServeArgs)
     command("export", cmd_export, "Export a checkpoint with its head to ONNX (+ tokenizer files), checked "
             "against PyTorch with onnxruntime.", ExportArgs)
     return parser

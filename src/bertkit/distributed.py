@@ -60,14 +60,6 @@ def all_gather_objects(obj, world: World) -> list:
     return out
 
 
-def broadcast_object(obj, world: World):
-    if not world.distributed:
-        return obj
-    box = [obj]
-    dist.broadcast_object_list(box, src=0)
-    return box[0]
-
-
 def barrier(world: World) -> None:
     if world.distributed:
         dist.barrier()

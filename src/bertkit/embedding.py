@@ -19,6 +19,7 @@ from bertkit.errors import InputError
 from bertkit.model import BertModel
 from bertkit.models import DEFAULT_MODEL_PACKAGE, default_model_dir, resolve_model  # noqa: F401 (their old home)
 from bertkit.options import at_least, plural
+from bertkit.padding import pad_inputs
 from bertkit.tokenizer import Tokenizer
 
 
@@ -32,14 +33,6 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     """Indices grouped into batches of similar length (longest first), to keep padding small."""
     order = sorted(range(len(lengths)), key=lambda i: -lengths[i])
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
-
-
-def pad_batch(rows: list[list[int]], pad_id: int) -> tuple[Tensor, Tensor]:
-    """Ragged id lists -> input_ids (B, T) padded with pad_id, and the attention mask (B, T)."""
-    T = max(len(r) for r in rows)
-    input_ids = torch.tensor([r + [pad_id] * (T - len(r)) for r in rows])  # (B, T)
-    attention_mask = (torch.arange(T)[None, :] < torch.tensor([len(r) for r in rows])[:, None]).long()
-    return input_ids, attention_mask
 
 
 class Embedder:
@@ -98,9 +91,9 @@ class Embedder:
 
     @torch.inference_mode()
     def _embed_batch(self, rows: list[list[int]], normalize: bool) -> np.ndarray:
-        input_ids, attention_mask = pad_batch(rows, self.tokenizer.pad_token_id)  # (B, T) each
-        hidden = self.model(input_ids, attention_mask=attention_mask).last_hidden_state  # (B, T, C)
-        vectors = mean_pool(hidden, attention_mask)  # (B, C)
+        batch = pad_inputs(rows, self.tokenizer.pad_token_id)  # input_ids, attention_mask: (B, T) each
+        hidden = self.model(**batch).last_hidden_state  # (B, T, C)
+        vectors = mean_pool(hidden, batch["attention_mask"])  # (B, C)
         if normalize:
             vectors = torch.nn.functional.normalize(vectors, dim=-1)
         return vectors.float().numpy()

@@ -460,7 +460,8 @@ class OnnxModel:
         """Sentence embeddings (N, C) as embedding.Embedder batches them: by length, in the texts' order."""
         import numpy as np
 
-        from bertkit.embedding import length_batches, pad_batch
+        from bertkit.embedding import length_batches
+        from bertkit.padding import pad_inputs
 
         if EMBEDDING_OUTPUT not in self.output_names:
             raise InputError(f"this export has no {EMBEDDING_OUTPUT} output (only a BertModel export has)")
@@ -470,10 +471,9 @@ class OnnxModel:
             return out
         enc = self.tokenizer(list(texts), truncation=True, max_length=self.max_length)
         for idx in length_batches([len(ids) for ids in enc["input_ids"]], batch_size):
-            input_ids, attention_mask = pad_batch([enc["input_ids"][i] for i in idx], self.tokenizer.pad_token_id)
-            vectors = self.run({"input_ids": input_ids, "attention_mask": attention_mask,
-                                "token_type_ids": np.zeros(input_ids.shape, dtype=np.int64)})[EMBEDDING_OUTPUT]
-            out[idx] = vectors
+            batch = pad_inputs([enc["input_ids"][i] for i in idx], self.tokenizer.pad_token_id,
+                               token_types=[enc["token_type_ids"][i] for i in idx])
+            out[idx] = self.run(batch)[EMBEDDING_OUTPUT]
         return out
 
 

@@ -2,6 +2,7 @@
 one-line errors (InputError) that name the path and the cause when the file system says no.
 
     check_input_file(path)      a file to read: "PATH: no such file" / "PATH: is a directory, not a file"
+    read_lines(source, bad)     the lines of a UTF-8 file or of stdin ('-'); "FILE:LINE" names a bad one
     check_output_file(path)     before any work: can PATH be written (its folder created)?
     check_output_dir(path)      before any work: can PATH be a folder to write into?
     prepare_output_dir(path)    create the folder (and its parents) now
@@ -14,8 +15,9 @@ from __future__ import annotations
 import contextlib
 import errno
 import os
+import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import IO, Any
 
@@ -77,6 +79,32 @@ def check_input_file(path: PathLike) -> Path:
     if not os.access(path, os.R_OK):
         raise InputError(f"{path}: permission denied")
     return path
+
+
+def read_lines(source: PathLike, bad: Callable[[str, str], None] | None = None, *,
+               strip_bom: bool = False) -> list[str | None]:
+    """The lines of a UTF-8 file, or of standard input when `source` is the string '-': split at "\\n",
+    a CRLF's "\\r" removed, no empty line after the last newline. A line that is not UTF-8 is None,
+    after `bad("FILE:LINE", "not valid UTF-8 (byte N)")`, or raises InputError("FILE:LINE: ...")
+    when there is no `bad`. strip_bom=True drops a byte order mark that starts the file."""
+    if source == "-":
+        data, name = sys.stdin.buffer.read(), "<stdin>"
+    else:
+        data, name = check_input_file(source).read_bytes(), str(source)
+    pieces = data.split(b"\n")
+    if pieces[-1] == b"":
+        pieces.pop()
+    lines: list[str | None] = []
+    for number, raw in enumerate(pieces, start=1):
+        try:
+            lines.append(raw.decode("utf-8-sig" if strip_bom and number == 1 else "utf-8").rstrip("\r"))
+        except UnicodeDecodeError as e:
+            where, problem = f"{name}:{number}", f"not valid UTF-8 (byte {e.start})"
+            if bad is None:
+                raise InputError(f"{where}: {problem}") from None
+            bad(where, problem)
+            lines.append(None)
+    return lines
 
 
 # ---- outputs --------------------------------------------------------------------------------------------

@@ -22,7 +22,7 @@ from bertkit import distributed
 from bertkit.config import BertConfig
 from bertkit.distributed import World
 from bertkit.errors import CheckpointError, InputError
-from bertkit.fileio import check_input_file, write_text_atomically
+from bertkit.fileio import check_input_file, read_lines, write_text_atomically
 from bertkit.heads import HEADS
 from bertkit.tasks import DataOptions, Task, make_task, task_for_architecture
 from bertkit.tasks.base import BadInput, Featurized, model_outputs
@@ -182,20 +182,14 @@ def _report(source, examples: list, task: Task, featurized: Featurized, bad: Bad
 def read_inputs(task: Task, source: str, bad: BadInput) -> list:
     """A task file (CSV/TSV/JSONL, CoNLL, SQuAD JSON) read without requiring labels, or plain text
     (a file or '-'): one input per line, JSON objects where a line starts with '{'."""
-    if source == "-":
-        data, name = sys.stdin.buffer.read(), "<stdin>"
-    else:
+    if source != "-":
         path = check_input_file(source)
         if path.suffix.lower() in task.file_suffixes:
             return task.read(path, bad, labelled=False)
-        data, name = path.read_bytes(), source
+    name = "<stdin>" if source == "-" else source
     inputs = []
-    for number, raw in enumerate(data.split(b"\n"), start=1):
-        try:
-            line = raw.decode("utf-8").strip()
-        except UnicodeDecodeError as e:
-            bad(f"{name}:{number}", f"not valid UTF-8 (byte {e.start})")
-            continue
+    for number, text in enumerate(read_lines(source, bad), start=1):
+        line = (text or "").strip()  # None: not UTF-8, already reported
         if line.startswith("{"):
             try:
                 inputs.append(json.loads(line))

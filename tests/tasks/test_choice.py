@@ -359,6 +359,7 @@ def test_cli_errors_are_one_line(finetuned, tmp_path, capsys):
 # ---- learning ----------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_minilm_learns_the_fixture_rule_in_two_epochs(minilm_dir, tok):
     """Real MiniLM, 2 epochs of the 40 training items (10 steps of 8): accuracy goes from below chance
     (the new head's random direction) to well above 1/4, on the training items and the held-out ones."""

@@ -31,6 +31,7 @@ from torch import Tensor
 
 from bertkit.errors import InputError
 from bertkit.labels import IGNORE
+from bertkit.padding import pad, pad_inputs
 from bertkit.settings import OBJECTIVES, PretrainingConfig  # torch-free there, for the command line
 
 __all__ = [
@@ -120,10 +121,6 @@ class Examples:
 
     def __iter__(self) -> Iterator[Example]:
         return (self[i] for i in range(len(self)))
-
-    def sequence_lengths(self, n_special: int) -> np.ndarray:
-        """Length of every encoded sequence, given the specials each gets (3 for pairs, 2 for "mlm")."""
-        return np.diff(self.offsets) + n_special
 
 
 # ------------------------------------------------------------------------------ examples
@@ -512,45 +509,36 @@ def collate(examples: Sequence[Example], seeds: Sequence[int], ids: SpecialToken
     """Encode [CLS] A [SEP] B [SEP] (or [CLS] A [SEP]) with token types 0 then 1, pad to the longest,
     and mask each row with the generator seeded by its seed. The sentence label is left out for "mlm"."""
     pair = config.objective != "mlm"
-    cls, sep, pad = ids.cls_token_id, ids.sep_token_id, ids.pad_token_id
-    B = len(examples)
-    T = max((len(e.a) + len(e.b) + (3 if pair else 2) for e in examples), default=0)
-    input_ids = np.full((B, T), pad, dtype=np.int64)
-    token_types = np.zeros((B, T), dtype=np.int64)
-    word_starts = np.zeros((B, T), dtype=bool)
-    real = np.zeros((B, T), dtype=bool)  # tokens of A and B: everything else is special or padding
-    attention = np.zeros((B, T), dtype=np.int64)
-    for r, e in enumerate(examples):
-        la, lb = len(e.a), len(e.b)
-        input_ids[r, 0] = cls
-        input_ids[r, 1:1 + la] = e.a
-        input_ids[r, 1 + la] = sep
-        word_starts[r, 1:1 + la] = e.a_word_starts
-        real[r, 1:1 + la] = True
-        n = la + 2
-        if pair:
-            input_ids[r, n:n + lb] = e.b
-            input_ids[r, n + lb] = sep
-            word_starts[r, n:n + lb] = e.b_word_starts
-            real[r, n:n + lb] = True
-            token_types[r, n:n + lb + 1] = 1  # B and its [SEP] are segment B — BERT paper §3, Figure 2
-            n += lb + 1
-        attention[r, :n] = 1
-    input_ids_t = torch.from_numpy(input_ids)
-    specials = [pad, ids.unk_token_id, cls, sep, ids.mask_token_id]
-    # Special ids inside the text (a literal "[SEP]" tokenized as such) are never selected either.
-    special = ~torch.from_numpy(real) | torch.isin(input_ids_t, torch.tensor(specials))
+    cls, sep = ids.cls_token_id, ids.sep_token_id
+    sequences = [_sequence(e, cls, sep, pair) for e in examples]
+    inputs = pad_inputs([s[0] for s in sequences], ids.pad_token_id, token_types=[s[1] for s in sequences])
+    input_ids = inputs["input_ids"]  # (B, T)
+    specials = [ids.pad_token_id, ids.unk_token_id, cls, sep, ids.mask_token_id]
+    # [CLS], [SEP] and padding hold special ids, and so does a literal "[SEP]" inside the text (tokenized
+    # as such): none of them is ever selected.
     masked, labels = mask_tokens(
-        input_ids_t, special=special, word_starts=torch.from_numpy(word_starts), vocab_size=ids.vocab_size,
+        input_ids, special=torch.isin(input_ids, torch.tensor(specials)),
+        word_starts=pad([s[2] for s in sequences]).bool(), vocab_size=ids.vocab_size,
         mask_id=ids.mask_token_id, special_ids=specials, rate=config.mask_rate,
         max_predictions=config.max_predictions, whole_word=config.whole_word_masking,
         generator=[torch.Generator().manual_seed(s) for s in seeds],
     )
-    batch = {"input_ids": masked, "token_type_ids": torch.from_numpy(token_types),
-             "attention_mask": torch.from_numpy(attention), "labels": labels}
+    batch = {"input_ids": masked, "token_type_ids": inputs["token_type_ids"],
+             "attention_mask": inputs["attention_mask"], "labels": labels}
     if pair:
         batch["next_sentence_label"] = torch.tensor([e.label for e in examples], dtype=torch.long)
     return batch
+
+
+def _sequence(e: Example, cls: int, sep: int, pair: bool) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Token ids, token types and word starts of [CLS] A [SEP] B [SEP], or of [CLS] A [SEP] without pair."""
+    tokens, starts = [[cls], e.a, [sep]], [[0], e.a_word_starts, [0]]
+    if pair:
+        tokens += [e.b, [sep]]
+        starts += [e.b_word_starts, [0]]
+    n, n_a = sum(len(t) for t in tokens), len(e.a) + 2
+    types = np.repeat([0, 1], [n_a, n - n_a])  # B and its [SEP] are segment B — BERT paper §3, Figure 2
+    return np.concatenate(tokens), types, np.concatenate(starts)
 
 
 class PretrainingBatches:

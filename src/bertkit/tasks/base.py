@@ -28,7 +28,9 @@ from torch import Tensor, nn
 
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
+from bertkit.fileio import read_lines
 from bertkit.labels import IGNORE
+from bertkit.padding import pad
 from bertkit.settings import DataOptions  # torch-free there, for the command line
 
 log = logging.getLogger("bertkit")
@@ -64,19 +66,9 @@ class BadInput:
 
 
 def read_text_lines(path: Path, bad: BadInput) -> list[str]:
-    """The file's lines, decoded as UTF-8; an undecodable line is reported and becomes empty."""
-    if not path.is_file():
-        raise InputError(f"{path}: no such file")
-    lines = []
-    for number, raw in enumerate(path.read_bytes().split(b"\n"), start=1):
-        try:
-            lines.append(raw.decode("utf-8-sig" if number == 1 else "utf-8").rstrip("\r"))
-        except UnicodeDecodeError as e:
-            bad(f"{path}:{number}", f"not valid UTF-8 (byte {e.start})")
-            lines.append("")
-    if lines and lines[-1] == "":
-        lines.pop()
-    return lines
+    """The file's lines, decoded as UTF-8 (a BOM dropped); an undecodable line is reported and becomes
+    empty, so that the lines keep their numbers."""
+    return ["" if line is None else line for line in read_lines(path, bad, strip_bom=True)]
 
 
 def table_format(path: Path) -> str:
@@ -192,6 +184,15 @@ def max_context(spans: list[tuple[int, int]], position: int) -> int:
     return best
 
 
+# ---- post-processing ----------------------------------------------------------------------------------
+
+
+def softmax(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    """Probabilities along `axis`; the maximum is subtracted first, so large scores do not overflow."""
+    z = np.exp(x - x.max(axis, keepdims=True))
+    return z / z.sum(axis, keepdims=True)
+
+
 # ---- batches ------------------------------------------------------------------------------------------
 
 
@@ -208,15 +209,14 @@ def _ones_like(x: list) -> list:
     return [_ones_like(v) for v in x] if x and isinstance(x[0], list) else [1] * len(x)
 
 
-def _stack(values: list, pad: int) -> Tensor:
+def _stack(values: list, value: int) -> Tensor:
     first = values[0]
     if not isinstance(first, list) or (first and isinstance(first[0], float)):
         return torch.tensor(values)  # numbers, or fixed-size float vectors (multi-label targets)
     if first and isinstance(first[0], list):  # (N, T) per feature: multiple choice
-        T = max(len(row) for v in values for row in v)
-        return torch.tensor([[row + [pad] * (T - len(row)) for row in v] for v in values])  # (B, N, T)
-    T = max(len(v) for v in values)
-    return torch.tensor([v + [pad] * (T - len(v)) for v in values])  # (B, T)
+        rows = pad([row for v in values for row in v], value)  # (B * N, T)
+        return rows.view(len(values), len(first), rows.shape[1])  # (B, N, T)
+    return pad(values, value)  # (B, T)
 
 
 class FeatureBatches:

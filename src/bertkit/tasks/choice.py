@@ -40,7 +40,16 @@ from torch import Tensor, nn
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
 from bertkit.objective import Mean, Objective, Step, correct, cross_entropy_loss, labelled, mask_choices
-from bertkit.tasks.base import BadInput, DataOptions, Featurized, Task, pick_field, read_records, table_format
+from bertkit.tasks.base import (
+    BadInput,
+    DataOptions,
+    Featurized,
+    Task,
+    pick_field,
+    read_records,
+    softmax,
+    table_format,
+)
 
 CONTEXT_FIELDS = ("context", "question", "sent1", "premise", "goal", "ctx")
 CHOICE_FIELDS = ("choices", "endings", "options", "candidates")
@@ -374,8 +383,7 @@ def _features(examples: list[ChoiceExample], sequences, tokenizer) -> list[dict[
 
 
 def _predict(logits: np.ndarray) -> ChoicePrediction:
-    z = np.exp(logits - logits.max())
-    p = z / z.sum()
+    p = softmax(logits)
     k = int(p.argmax())
     return ChoicePrediction(k, float(p[k]), p.tolist())
 

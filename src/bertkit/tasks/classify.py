@@ -20,7 +20,16 @@ from torch import Tensor, nn
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
 from bertkit.objective import Mean, Objective, Step, classification_count, classification_loss, correct
-from bertkit.tasks.base import BadInput, Featurized, Task, drop_skipped, pick_field, read_records, windows
+from bertkit.tasks.base import (
+    BadInput,
+    Featurized,
+    Task,
+    drop_skipped,
+    pick_field,
+    read_records,
+    softmax,
+    windows,
+)
 
 TEXT_FIELDS = ("text", "sentence1", "premise", "question1", "question", "sentence", "review", "content")
 PAIR_FIELDS = ("text_pair", "sentence2", "hypothesis", "question2")
@@ -237,8 +246,7 @@ class Classify(Task):
             chosen = [names[j] for j in np.flatnonzero(p > 0.5)]
             score = float(np.prod([p[j] if p[j] > 0.5 else 1 - p[j] for j in range(len(p))]))
             return ClassPrediction(chosen, score, dict(zip(names, p.tolist())))
-        z = logits - logits.max(-1, keepdims=True)
-        p = (np.exp(z) / np.exp(z).sum(-1, keepdims=True)).mean(0)
+        p = softmax(logits).mean(0)
         j = int(p.argmax())
         return ClassPrediction(names[j], float(p[j]), dict(zip(names, p.tolist())))
 

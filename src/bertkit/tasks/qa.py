@@ -39,6 +39,7 @@ from bertkit.tasks.base import (
     drop_skipped,
     max_context,
     read_records,
+    softmax,
     windows,
 )
 
@@ -446,7 +447,7 @@ def choose_answer(context: str, spans: list[Span], null: float, threshold: float
         if len(nbest) == N_BEST:
             break
     scores = [sp.score for sp in nbest] + ([null] if threshold is not None and math.isfinite(null) else [])
-    probabilities = _softmax(np.array(scores)) if scores else np.array([])
+    probabilities = softmax(np.array(scores)) if scores else np.array([])
     best = nbest[0] if nbest else None
     best_text = context[best.chars[0]:best.chars[1]] if best else ""
     margin = None
@@ -457,11 +458,6 @@ def choose_answer(context: str, spans: list[Span], null: float, threshold: float
     if best is None:
         return QAPrediction("", None, None, 0.0, "", margin)
     return QAPrediction(best_text, best.chars[0], best.chars[1], float(probabilities[0]), best_text, margin)
-
-
-def _softmax(x: np.ndarray) -> np.ndarray:
-    z = np.exp(x - x.max())
-    return z / z.sum()
 
 
 # ---- metrics: the official SQuAD evaluation (v1.1 and v2.0 scripts) -------------------------------------
