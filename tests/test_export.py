@@ -29,16 +29,10 @@ from tests.conftest import tiny_config
 pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
+from tests.test_embedding import TEXTS as EMBEDDING_TEXTS  # noqa: E402
+
 LABELS = {0: "a", 1: "b", 2: "c"}
-TEXTS = [
-    "A man is playing a guitar.",
-    "The stock market fell sharply today.",
-    "Someone is strumming a guitar on stage.",
-    "",
-    "北京是中国的首都。",
-    "a much longer text that keeps going " * 30,
-    "ok",
-]
+TEXTS = [*EMBEDDING_TEXTS, "ok"]  # short, empty, CJK and long texts (tests/test_embedding.py), and a tiny one
 
 # architecture -> {output: axes} that the export must declare (tiny config: C = 32, L = 3, V = 30522)
 EXPECTED_OUTPUTS = {

@@ -110,13 +110,7 @@ def test_concurrent_requests_of_mixed_lengths_get_their_own_offline_vectors(mini
                 for _ in range(24)]
     app = create_app(ServeArgs(model=str(minilm_dir), max_wait_ms=50, max_batch_tokens=2048))
 
-    async def run():
-        import httpx
-
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            return await asyncio.gather(*(client.post("/v1/embeddings", json={"input": texts}) for texts in requests))
-
-    responses = asyncio.run(run())
+    responses = _concurrently(app, "/v1/embeddings", [{"input": texts} for texts in requests])
     app.state.service.close()
     for texts, r in zip(requests, responses):
         got = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
@@ -181,13 +175,7 @@ def test_concurrent_predictions_match_the_pipeline(task_model):
     pipe = bertkit.pipeline("qa", model=directory)
     app = create_app(ServeArgs(model=str(directory), max_wait_ms=50))
 
-    async def run():
-        import httpx
-
-        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
-            return await asyncio.gather(*(client.post("/predict", json={"inputs": x}) for x in requests))
-
-    responses = asyncio.run(run())
+    responses = _concurrently(app, "/predict", [{"inputs": x} for x in requests])
     app.state.service.close()
     for inputs, r in zip(requests, responses):
         assert close(r.json(), pipe(inputs))
@@ -416,3 +404,14 @@ def test_a_failure_inside_the_model_is_a_json_500_and_the_server_goes_on(minilm_
         monkeypatch.setattr(service.batcher, "_run", run)
         assert client.get("/health").status_code == 200
         assert client.post("/embed", json={"inputs": "x"}).status_code == 200
+
+
+def _concurrently(app, path: str, bodies: list[dict]) -> list:
+    """POST every body to `path` at once (one event loop, in-process ASGI), the answers in order."""
+    import httpx
+
+    async def run():
+        async with httpx.AsyncClient(transport=httpx.ASGITransport(app=app), base_url="http://test") as client:
+            return await asyncio.gather(*(client.post(path, json=body) for body in bodies))
+
+    return asyncio.run(run())
