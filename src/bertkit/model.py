@@ -45,6 +45,10 @@ def activation(name: str):
 class BertOutput(NamedTuple):
     last_hidden_state: Tensor  # (B, T, C)
     pooler_output: Tensor | None  # (B, C); None when the model has no pooler
+    hidden_states: tuple[Tensor, ...] | None = None
+    """With output_hidden_states: the embeddings' output, then every layer's, (B, T, C) each (L + 1)."""
+    attentions: tuple[Tensor, ...] | None = None
+    """With output_attentions: every layer's attention weights, (B, H, T, T) each (L)."""
 
 
 def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: float) -> Tensor:
@@ -54,6 +58,18 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: f
     Returns (B, H, T, D).
     """
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
+
+
+def attention_with_weights(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
+                           dropout_p: float) -> tuple[Tensor, Tensor]:
+    """The same attention written out, for when the weights themselves are wanted (a look inside
+    the model): softmax(q k^T / sqrt(D)) over the keys a query may attend. Returns (B, H, T, D) and
+    the weights (B, H, T, T), dropout applied as to the output."""
+    scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, H, T, T)
+    if mask is not None:
+        scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
+    weights = F.dropout(scores.softmax(-1), p=dropout_p)  # (B, H, T, T)
+    return weights @ v, weights
 
 
 class Embeddings(nn.Module):
@@ -90,14 +106,19 @@ class SelfAttention(nn.Module):
         self.out = nn.Linear(C, C)
         self.dropout_p = config.attention_probs_dropout_prob
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
+    def forward(self, x: Tensor, mask: Tensor | None, *, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """(B, T, C) -> (B, T, C), and the attention weights (B, H, T, T) when need_weights."""
         B, T, C = x.shape
         H, D = self.n_heads, C // self.n_heads
         qkv = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
         p = self.dropout_p if self.training else 0.0
-        y = attention(qkv[0], qkv[1], qkv[2], mask, p)  # (B, H, T, D)
+        weights = None
+        if need_weights:
+            y, weights = attention_with_weights(qkv[0], qkv[1], qkv[2], mask, p)  # (B, H, T, D), (B, H, T, T)
+        else:
+            y = attention(qkv[0], qkv[1], qkv[2], mask, p)  # (B, H, T, D)
         y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.out(y)
+        return self.out(y), weights
 
 
 class FeedForward(nn.Module):
@@ -122,9 +143,11 @@ class Layer(nn.Module):
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.dropout = nn.Dropout(config.hidden_dropout_prob)
 
-    def forward(self, x: Tensor, mask: Tensor | None) -> Tensor:
-        x = self.attention_norm(x + self.dropout(self.attention(x, mask)))  # (B, T, C)
-        return self.ffn_norm(x + self.dropout(self.ffn(x)))  # (B, T, C)
+    def forward(self, x: Tensor, mask: Tensor | None, *, need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
+        """(B, T, C) -> (B, T, C), and the attention weights (B, H, T, T) when need_weights."""
+        a, weights = self.attention(x, mask, need_weights=need_weights)
+        x = self.attention_norm(x + self.dropout(a))  # (B, T, C)
+        return self.ffn_norm(x + self.dropout(self.ffn(x))), weights  # (B, T, C)
 
 
 class Pooler(nn.Module):
@@ -197,16 +220,27 @@ class BertModel(Pretrained):
         input_ids: Tensor,
         token_type_ids: Tensor | None = None,
         attention_mask: Tensor | None = None,
+        *,
+        output_hidden_states: bool = False,
+        output_attentions: bool = False,
     ) -> BertOutput:
-        """input_ids, token_type_ids, attention_mask: (B, T); attention_mask is 1 for real tokens, 0 for padding."""
+        """input_ids, token_type_ids, attention_mask: (B, T); attention_mask is 1 for real tokens, 0 for padding.
+
+        output_hidden_states / output_attentions also return every layer's hidden states and
+        attention weights, in the shapes and order transformers uses.
+        """
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         mask = None if attention_mask is None else attention_mask[:, None, None, :].bool()  # (B, 1, 1, T)
         x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
+        hidden, attentions = [x], []
         for layer in self.layers:
-            x = layer(x, mask)
+            x, weights = layer(x, mask, need_weights=output_attentions)
+            hidden.append(x)
+            attentions.append(weights)
         pooled = self.pooler(x) if self.pooler is not None else None
-        return BertOutput(x, pooled)
+        return BertOutput(x, pooled, tuple(hidden) if output_hidden_states else None,
+                          tuple(attentions) if output_attentions else None)
 
 
 def num_parameters(model: nn.Module) -> int:
