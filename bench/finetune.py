@@ -97,11 +97,11 @@ def run_transformers(args, task, init: Path, work: Path) -> dict:
     import transformers
 
     from bertkit.config import BertConfig
+    from bertkit.optim import lr_factor, param_groups
     from bertkit.predict import evaluate_examples
     from bertkit.tasks import BadInput
     from bertkit.tasks.base import FeatureBatches
     from bertkit.tokenizer import Tokenizer
-    from bertkit.train import lr_factor, param_groups
 
     start = time.perf_counter()
     hf_class = getattr(transformers, task.architecture.replace("Bert", "AutoModel", 1))

@@ -480,8 +480,11 @@ CASES = [
     case("similarity-safetensors-is-a-zip", "similarity --model {t}/m a b",
          files={"m": Copy("tiny")}, setup=_write("m/model.safetensors", b"PK\x03\x04" + bytes(2000)),
          mentions=("model.safetensors",)),
+    # (a tokenizer.json alone is enough: sentence-transformers 5+ saves no vocab.txt)
     case("similarity-vocab-txt-missing", "similarity --model {t}/m a b",
-         files={"m": Copy("tiny")}, setup=lambda t, w: (t / "m" / "vocab.txt").unlink(), mentions=("vocab",)),
+         files={"m": Copy("tiny")}, setup=lambda t, w: [(t / "m" / n).unlink(missing_ok=True)
+                                                         for n in ("vocab.txt", "tokenizer.json")],
+         mentions=("vocab",)),
     case("similarity-vocab-txt-not-utf8", "similarity --model {t}/m a b",
          files={"m": Copy("tiny")}, setup=_write("m/vocab.txt", b"[PAD]\n[UNK]\n[CLS]\n[SEP]\n[MASK]\ncaf\xe9\n"),
          mentions=("vocab.txt",)),

@@ -154,7 +154,7 @@ def test_help_lists_the_choices(capsys):
     with pytest.raises(SystemExit):
         main(["finetune", "--help"])
     out = capsys.readouterr().out
-    for choices in ("{classify,tag,qa,choice}", "{truncate,window}", "{linear,cosine,constant}", "{auto,fp32,bf16}"):
+    for choices in ("{classify,tag,qa,choice,embed}", "{truncate,window}", "{linear,cosine,constant}", "{auto,fp32,bf16}"):
         assert choices in out
 
 

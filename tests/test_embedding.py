@@ -1,5 +1,7 @@
-"""Sentence embeddings: parity with a transformers-based mean pooling, order, shapes, bad input."""
+"""Sentence embeddings: parity with a transformers-based mean pooling, order, shapes, the new options
+(through Python and `bertkit embed`), bad input. Parity with sentence-transformers: test_sentence.py."""
 
+import json
 import warnings
 
 import numpy as np
@@ -37,7 +39,8 @@ def embedder(minilm_dir):
 def test_matches_transformers_mean_pooling(embedder, minilm_dir):
     ref = transformers.BertModel.from_pretrained(minilm_dir).eval()
     tok = transformers.AutoTokenizer.from_pretrained(minilm_dir)
-    batch = tok(TEXTS, padding=True, truncation=True, max_length=512, return_tensors="pt")
+    # 256: MiniLM's sentence_bert_config.json max_seq_length, where sentence-transformers cuts texts
+    batch = tok(TEXTS, padding=True, truncation=True, max_length=256, return_tensors="pt")
     with torch.no_grad():
         hidden = ref(**batch).last_hidden_state
     m = batch["attention_mask"][..., None].float()
@@ -72,7 +75,7 @@ def test_non_strings_are_refused(embedder, bad):
 
 
 def test_bad_batch_size(embedder):
-    with pytest.raises(InputError, match="batch_size"):
+    with pytest.raises(InputError, match="--batch-size must be at least 1"):
         embedder(["a"], batch_size=0)
 
 
@@ -98,11 +101,92 @@ def test_a_huge_line_is_embedded_from_its_first_pieces_only(embedder, monkeypatc
         warnings.simplefilter("always")
         got = embedder([huge, "hello"], batch_size=1)
     assert sum(seen) < 20_000
-    assert [str(w.message) for w in caught] == ["1 of 2 inputs truncated to max_length=512 tokens"]
+    assert [str(w.message) for w in caught] == ["1 of 2 inputs truncated to max_length=256 tokens"]
     with warnings.catch_warnings():
         warnings.simplefilter("ignore")
-        expected = embedder([huge[:20_000], "hello"], batch_size=1)  # the same first 512 tokens
+        expected = embedder([huge[:20_000], "hello"], batch_size=1)  # the same first 256 tokens
     np.testing.assert_allclose(got, expected, atol=1e-6)
+
+
+def test_max_length_still_overrides_the_models_256(embedder):
+    long = ["a much longer text that keeps going " * 60]
+    with pytest.warns(UserWarning, match="max_length=300"):
+        v300 = embedder(long, max_length=300)
+    with pytest.warns(UserWarning, match="max_length=256"):
+        v256 = embedder(long)
+    assert embedder._limit(300) == 300 and not np.allclose(v300, v256, atol=1e-3)
+    with pytest.raises(InputError, match="exceeds the model's max_position_embeddings=512"):
+        embedder(long, max_length=513)
+
+
+def test_options_of_a_call(embedder):
+    v = embedder(TEXTS[:3], pooling="cls+mean", normalize=False)
+    assert v.shape == (3, 768)
+    np.testing.assert_allclose(v[:, 384:], embedder(TEXTS[:3], normalize=False), atol=1e-5)
+    assert not np.allclose(embedder(TEXTS[:3], layer=-2), embedder(TEXTS[:3]), atol=1e-3)
+    np.testing.assert_allclose(embedder(TEXTS[:3], prompt="query: "),
+                               embedder(["query: " + t for t in TEXTS[:3]]), atol=1e-6)
+    assert embedder(TEXTS[:3], dimensions=128, precision="ubinary").shape == (3, 16)
+    for bad, message in [(dict(pooling="sum"), "--pooling must be one or more of"),
+                         (dict(layer=7), "--layer must be an integer from -7 to 6"),
+                         (dict(dimensions=0), "--dimensions must be at least 1"),
+                         (dict(prompt="q: ", prompt_name="query"), "not both")]:
+        with pytest.raises(InputError, match=message):
+            embedder(TEXTS[:3], **bad)
+
+
+def test_embed_function_passes_the_options(embedder):
+    np.testing.assert_array_equal(embed(TEXTS[:3], embedder, precision="int8", pooling="max"),
+                                  embedder(TEXTS[:3], precision="int8", pooling="max"))
+
+
+# ---- `bertkit embed` with the new options ------------------------------------------------------------
+
+
+def _cli(capsys, *argv):
+    from bertkit.cli import main
+
+    code = main(list(argv))
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_cli_precision_keeps_its_type_in_npy_and_jsonl(capsys, tmp_path, embedder):
+    src = tmp_path / "texts.txt"
+    src.write_text("\n".join(TEXTS[:3]) + "\n", encoding="utf-8")
+    code, _, err = _cli(capsys, "embed", "-i", str(src), "-o", str(tmp_path / "v.npy"), "--precision", "int8",
+                        "--pooling", "mean", "--prompt", "query: ", "--layer", "-1", "--dimensions", "256")
+    assert code == 0 and "wrote 3 vectors of dimension 256 (int8)" in err
+    got = np.load(tmp_path / "v.npy", allow_pickle=False)
+    assert got.dtype == np.int8
+    np.testing.assert_array_equal(got, embedder(TEXTS[:3], precision="int8", prompt="query: ", dimensions=256))
+    code, out, _ = _cli(capsys, "embed", "-i", str(src), "--precision", "ubinary")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [len(r["embedding"]) for r in rows] == [48] * 3
+    assert all(isinstance(x, int) and 0 <= x <= 255 for x in rows[0]["embedding"])
+    np.testing.assert_array_equal(np.array([r["embedding"] for r in rows]), embedder(TEXTS[:3], precision="ubinary"))
+
+
+@pytest.mark.parametrize(("argv", "message"), [
+    (["--precision", "int4"], "--precision must be one of float32, int8, uint8, binary, ubinary"),
+    (["--pooling", "mean+sum"], "--pooling must be one or more of mean, cls"),
+    (["--dimensions", "0"], "--dimensions must be at least 1, got 0"),
+    (["--prompt", "q: ", "--prompt-name", "query"], "give --prompt or --prompt-name, not both"),
+    (["--prompt-name", ""], "--prompt-name must be a non-empty string"),
+    (["--tokens", "--precision", "binary"], "--tokens writes one vector per word piece"),
+])
+def test_cli_bad_options_are_one_line_errors(capsys, monkeypatch, argv, message):
+    monkeypatch.setattr("bertkit.embedding.Embedder.from_pretrained", lambda *a: pytest.fail("model loaded"))
+    code, _, err = _cli(capsys, "embed", *argv)
+    assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
+
+
+def test_cli_help_lists_the_options(capsys):
+    with pytest.raises(SystemExit):
+        _cli(capsys, "embed", "--help")
+    out = capsys.readouterr().out
+    for option in ("--pooling", "--prompt", "--prompt-name", "--layer", "--dimensions", "--precision"):
+        assert option in out
 
 
 # ---- the similarity table --------------------------------------------------------------------------

@@ -30,26 +30,27 @@ LAYERS: list[tuple[str, ...]] = [
     ("checkpoint",),  # the file format and key map: it takes any module with a config, never model.py's classes
     ("vocab", "data", "data.*"),  # features for pretraining
     ("model",),
-    ("heads", "objective"),  # objective: StepSums and the losses a task returns
+    ("heads", "objective", "sentence", "contrastive"),  # objective: StepSums and the losses a task returns;
+    # sentence: ST layout; contrastive: the embedding losses (in-batch negatives, gradient cache)
     ("tasks", "tasks.*"),  # readers, featurizers, a task's loss and metrics
-    ("predict", "embedding", "fill_mask", "export"),  # prediction sits below training: it cannot import it
-    ("pipeline",),
+    ("predict", "embedding", "fill_mask", "export", "inside"),  # prediction sits below training: it cannot import it
+    ("pipeline", "vector_index"),  # vector_index: `bertkit index` and `bertkit search` over embeddings
     ("",),  # bertkit/__init__.py, the public API: what is above it may import it (for __version__, say)
     ("serve", "serve.*"),  # a thin shell over prediction
-    ("runs", "metrics_log", "best", "train"),
+    ("runs", "metrics_log", "best", "optim", "train"),
     ("pretrain", "finetune"),
     ("demo",),
     ("cli",),
     ("__main__",),
 ]
 
-TRAINING = ("train", "runs", "metrics_log", "best", "pretrain", "finetune")
+TRAINING = ("train", "optim", "runs", "metrics_log", "best", "pretrain", "finetune")
 # (importers, forbidden targets): explicit whatever the layers say, so reordering LAYERS cannot
 # quietly allow them.
 RULES: list[tuple[tuple[str, ...], tuple[str, ...], str]] = [
     (("data", "data.*", "tasks", "tasks.*", "model"), ("heads", *TRAINING, "cli", "predict"),
      "data, tasks and the model never import heads, training, prediction or the CLI"),
-    (("predict", "pipeline", "embedding", "fill_mask", "export", "serve", "serve.*"), TRAINING,
+    (("predict", "pipeline", "embedding", "fill_mask", "export", "vector_index", "serve", "serve.*"), TRAINING,
      "prediction and serving never import training"),
     (("tokenizer",), ("model", "heads"), "the tokenizer never imports the model"),
 ]

@@ -176,3 +176,94 @@ def test_every_hidden_act_a_config_accepts_has_a_function():
     from bertkit.model import ACTIVATIONS
 
     assert tuple(ACTIVATIONS) == ACTIVATION_NAMES
+
+
+# ---- every layer's hidden states and attention weights (a look inside the model) --------------------
+
+
+def _compare_extras(a, b, mask, atol):
+    """Ours (a) against transformers' (b): as many hidden states and attention maps, the same shapes,
+    and the same values at real tokens (hidden states) and for real queries (attention rows)."""
+    assert len(a.hidden_states) == len(b.hidden_states) and len(a.attentions) == len(b.attentions)
+    for x, y in zip(a.hidden_states, b.hidden_states):
+        assert x.shape == y.shape
+        torch.testing.assert_close(x[mask], y[mask], atol=atol, rtol=0)
+    for x, y in zip(a.attentions, b.attentions):
+        assert x.shape == y.shape
+        # (B, H, T, T) -> rows of real queries: (N, H, T); padded keys get weight 0 in both
+        torch.testing.assert_close(x.transpose(1, 2)[mask], y.transpose(1, 2)[mask], atol=atol, rtol=0)
+
+
+def test_random_weights_hidden_states_and_attentions_match_transformers(tmp_path):
+    config = tiny_config()
+    torch.manual_seed(0)
+    transformers.BertModel(reference_config(config)).save_pretrained(tmp_path)
+    ref = transformers.BertModel.from_pretrained(tmp_path, attn_implementation="eager").eval()
+    ours = BertModel.from_pretrained(tmp_path).eval()
+    batch = random_batch(config)
+    with torch.no_grad():
+        a = ours(**batch, output_hidden_states=True, output_attentions=True)
+        b = ref(**batch, output_hidden_states=True, output_attentions=True)
+        plain = ours(**batch)
+    assert len(a.hidden_states) == config.num_hidden_layers + 1 and len(a.attentions) == config.num_hidden_layers
+    assert a.attentions[0].shape == (3, config.num_attention_heads, 11, 11)
+    _compare_extras(a, b, batch["attention_mask"].bool(), atol=1e-5)
+    torch.testing.assert_close(a.hidden_states[-1], a.last_hidden_state, atol=0, rtol=0)
+    # asking for the extras changes nothing else (the written-out softmax vs the fused kernel)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(a.last_hidden_state[mask], plain.last_hidden_state[mask], atol=1e-6, rtol=0)
+    torch.testing.assert_close(a.pooler_output, plain.pooler_output, atol=1e-6, rtol=0)
+    assert plain.hidden_states is None and plain.attentions is None
+
+
+def test_attention_weights_are_distributions_over_real_keys():
+    config = tiny_config()
+    batch = random_batch(config)
+    with torch.no_grad():
+        out = BertModel(config).eval()(**batch, output_attentions=True)
+    keys = batch["attention_mask"].bool()[:, None, None, :]  # (B, 1, 1, T)
+    for w in out.attentions:  # (B, H, T, T)
+        torch.testing.assert_close(w.sum(-1), torch.ones(w.shape[:-1]), atol=1e-6, rtol=0)
+        assert torch.all(w.masked_select(~keys.expand_as(w)) == 0)
+
+
+def test_only_hidden_states_or_only_attentions():
+    config = tiny_config()
+    batch = random_batch(config)
+    model = BertModel(config).eval()
+    with torch.no_grad():
+        h = model(**batch, output_hidden_states=True)
+        w = model(**batch, output_attentions=True)
+    assert len(h.hidden_states) == 3 and h.attentions is None
+    assert len(w.attentions) == 2 and w.hidden_states is None
+
+
+def test_training_mode_with_dropout_gives_the_same_shapes_either_way():
+    config = tiny_config(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
+    batch = random_batch(config)
+    model = BertModel(config).train()
+    torch.manual_seed(0)
+    plain = model(**batch)
+    torch.manual_seed(0)
+    full = model(**batch, output_hidden_states=True, output_attentions=True)
+    assert plain.last_hidden_state.shape == full.last_hidden_state.shape == (3, 11, 32)
+    assert all(w.shape == (3, 4, 11, 11) for w in full.attentions)
+    # dropout acts on the weights: the rows no longer sum to one, but stay non-negative
+    assert not torch.allclose(full.attentions[0].sum(-1), torch.ones(3, 4, 11))
+    assert torch.all(full.attentions[0] >= 0)
+    full.last_hidden_state.sum().backward()  # the written-out path trains too
+    assert model.layers[0].attention.qkv.weight.grad is not None
+
+
+def test_real_minilm_hidden_states_and_attentions_match_transformers(minilm_pair, minilm_dir):
+    ours, _, reftok = minilm_pair
+    ref = transformers.BertModel.from_pretrained(minilm_dir, attn_implementation="eager").eval()
+    batch = reftok(VARIED[:5], list(reversed(VARIED[:5])), padding=True, return_tensors="pt")
+    with torch.no_grad():
+        a = ours(**batch, output_hidden_states=True, output_attentions=True)
+        b = ref(**batch, output_hidden_states=True, output_attentions=True)
+        plain = ours(**batch)
+    assert len(a.hidden_states) == 7 and len(a.attentions) == 6 and a.attentions[0].shape[1] == 12
+    mask = batch["attention_mask"].bool()
+    _compare_extras(a, b, mask, atol=1e-5)
+    torch.testing.assert_close(a.last_hidden_state[mask], plain.last_hidden_state[mask], atol=1e-5, rtol=0)

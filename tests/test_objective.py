@@ -146,8 +146,8 @@ def test_pretraining_reports_the_sentence_task_only_with_its_head():
             "n_nsp": 4.0, "loss_nsp": 2.0, "nsp_correct": 2.0}
     mlm = PretrainingObjective(bertkit.BertForMaskedLM(tiny_config())).summarize(sums)
     both = PretrainingObjective(bertkit.BertForPreTraining(tiny_config())).summarize(sums)
-    assert list(mlm) == ["loss", "mlm_loss", "mlm_accuracy", "perplexity"] and mlm["loss"] == 2.0
-    assert list(both) == ["loss", "mlm_loss", "mlm_accuracy", "perplexity", "nsp_loss", "nsp_accuracy"]
+    assert list(mlm) == ["loss", "mlm_loss", "perplexity", "selected_accuracy"] and mlm["loss"] == 2.0
+    assert list(both) == ["loss", "mlm_loss", "perplexity", "selected_accuracy", "nsp_loss", "nsp_accuracy"]
     assert both["loss"] == 2.5 and both["nsp_accuracy"] == 0.5
 
 

@@ -173,7 +173,7 @@ def test_config_options_take_their_choices_from_the_field():
         (["finetune", "--task", "classify", "--model", "m", "--train", "{train}", "--out", "{out}",
           "--long-text", "windows"], "--long-text must be one of truncate, window; got 'windows'"),
         (["finetune", "--task", "clasify", "--model", "m", "--train", "{train}", "--out", "{out}"],
-         "--task must be one of classify, tag, qa, choice; got 'clasify' (did you mean classify?)"),
+         "--task must be one of classify, tag, qa, choice, embed; got 'clasify' (did you mean classify?)"),
         (["finetune", "--task", "classify", "--model", "m", "--train", "{train}", "--out", "{out}",
           "--batch-size", "-3"], "--batch-size must be at least 1, got -3"),
         (["finetune", "--task", "classify", "--model", "m", "--train", "{train}", "--out", "{out}",

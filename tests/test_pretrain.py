@@ -52,10 +52,14 @@ def test_pretrain_end_to_end(prepared, tmp_path, capsys):
     out = tmp_path / "run"
     assert main(_pretrain_args(prepared, out, "--steps", "12", "--eval-every", "6")) == 0
     printed = capsys.readouterr().out
-    assert "unigram baseline MLM accuracy" in printed and "valid loss" in printed
+    assert "commonest token at [MASK]" in printed and "valid loss" in printed
     rows = _rows(out)
     valid = [r for r in rows if r["split"] == "valid"]
-    assert len(valid) == 2 and {"mlm_accuracy", "nsp_accuracy", "perplexity"} <= set(valid[0])
+    assert len(valid) == 2 and {"masked_accuracy", "masked_baseline", "selected_accuracy", "selected_baseline",
+                                "random_accuracy", "kept_accuracy", "nsp_accuracy", "perplexity"} <= set(valid[0])
+    # the same masked positions at every evaluation: the baselines cannot move
+    assert valid[0]["masked_baseline"] == valid[1]["masked_baseline"]
+    assert 0 < valid[0]["masked_baseline"] < valid[0]["selected_baseline"] < 1
     train = [r for r in rows if r["split"] == "train"]
     assert train[-1]["mlm_loss"] < train[0]["mlm_loss"]
 
@@ -103,7 +107,7 @@ def test_two_processes_match_one_process_with_double_batch(prepared, tmp_path):
     assert [r["step"] for r in a] == [r["step"] for r in b]
     for x, y in zip(a, b):
         assert x["loss"] == pytest.approx(y["loss"], abs=1e-4)
-        assert x["mlm_accuracy"] == pytest.approx(y["mlm_accuracy"], abs=1e-9)
+        assert x["masked_accuracy"] == pytest.approx(y["masked_accuracy"], abs=1e-9)
 
 
 def test_bad_data_dir_is_one_line(tmp_path, capsys):
@@ -266,3 +270,81 @@ def test_a_signal_to_one_process_stops_every_process_at_the_same_step(prepared, 
 
     assert latest_checkpoint(out).name == f"step-{step:08d}"  # both stopped after the same complete step
     assert max(r["step"] for r in _rows(out)) <= step
+
+
+# ---- metrics that cannot flatter (issue 15) -----------------------------------------------------------
+
+
+def test_position_kinds_split_the_selected_positions_by_what_the_model_saw():
+    from bertkit.pretrain import position_kinds
+
+    mask = 4
+    seen = torch.tensor([4, 9, 7, 4, 8])
+    targets = torch.tensor([5, 9, 3, 6, 8])
+    kinds = position_kinds(seen, targets, mask)
+    assert kinds["masked"].tolist() == [True, False, False, True, False]
+    assert kinds["kept"].tolist() == [False, True, False, False, True]
+    assert kinds["random"].tolist() == [False, False, True, False, False]
+    assert sum(k.long() for k in kinds.values()).tolist() == [1] * 5  # every position exactly once
+
+
+def test_a_model_that_copies_scores_at_kept_positions_only():
+    """The failure the old all-selected accuracy hid: a model whose MLM logits always favour the
+    token it was given is perfect at kept positions and scores 0 at [MASK] ones."""
+    from bertkit import BertForMaskedLM
+    from bertkit.pretrain import PretrainingObjective
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    config = tiny_config()
+    model = BertForMaskedLM(config).eval()
+    mask = 3
+    original = torch.randint(5, config.vocab_size, (4, 12))
+    labels = torch.full_like(original, -100)
+    labels[:, 2:8] = original[:, 2:8]
+    seen = original.clone()
+    seen[:, 2:5] = mask  # 3 [MASK] per row, 3 kept (positions 5..7)
+    batch = {"input_ids": seen, "token_type_ids": torch.zeros_like(seen), "attention_mask": torch.ones_like(seen),
+             "labels": labels}
+    objective = PretrainingObjective(model, mask_token_id=mask)
+
+    def copy_head(hidden, _weights):  # logits that pick whatever the model was given
+        return torch.nn.functional.one_hot(seen[labels != -100], config.vocab_size).float() * 10
+
+    model.mlm.forward = copy_head
+    out = objective(batch)
+    sums = {**{f"loss_{k}": float(v) for k, v in out.losses.items()}, **{k: float(v) for k, v in out.metrics.items()},
+            **{f"n_{k}": v for k, v in objective.counts(batch).items()}}
+    report = objective.summarize(sums)
+    assert report["kept_accuracy"] == 1.0 and report["masked_accuracy"] == 0.0
+    assert report["selected_accuracy"] == 0.5  # what the old headline number showed
+    assert sums["n_masked"] == 12 and sums["n_kept"] == 12 and sums["n_random"] == 0
+
+
+def test_mask_split_presets_and_fractions():
+    from bertkit.errors import InputError
+    from bertkit.settings import PretrainingConfig
+
+    assert PretrainingConfig().mask_fractions == (0.8, 0.1, 0.1)
+    assert PretrainingConfig(mask_split="mask-only").mask_fractions == (1.0, 0.0, 0.0)
+    assert PretrainingConfig(mask_split="0.6,0.2,0.2").mask_fractions == (0.6, 0.2, 0.2)
+    for bad in ("0.5,0.5", "0.9,0.2,0.1", "a,b,c", "masks"):
+        with pytest.raises(InputError, match="--mask-split"):
+            PretrainingConfig(mask_split=bad)
+
+
+@pytest.mark.parametrize("split", [(1.0, 0.0, 0.0), (0.0, 1.0, 0.0), (0.8, 0.1, 0.1)])
+def test_mask_tokens_follows_the_split(split):
+    from bertkit.data.pretraining import mask_tokens
+
+    g = torch.Generator().manual_seed(0)
+    ids = torch.randint(10, 1000, (64, 100), generator=g)
+    masked, labels = mask_tokens(ids, special=torch.zeros_like(ids, dtype=torch.bool), vocab_size=1000, mask_id=3,
+                                 special_ids=[0, 1, 2], rate=0.15, split=split, generator=g)
+    selected = labels != -100
+    at_mask = (masked == 3) & selected
+    changed = (masked != ids) & ~at_mask & selected
+    n = int(selected.sum())
+    assert int(at_mask.sum()) / n == pytest.approx(split[0], abs=0.04)
+    assert int(changed.sum()) / n == pytest.approx(split[1], abs=0.04)
+    assert bool(((masked == ids) | selected).all())  # nothing outside the selection changes

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 from bertkit.heads import IGNORE, BertForPreTraining
+from bertkit.optim import lr_factor, param_groups
 from bertkit.pretrain import PretrainingObjective
 from bertkit.runs import Position, latest_checkpoint, next_positions
-from bertkit.train import TrainConfig, fit, lr_factor, param_groups
+from bertkit.train import TrainConfig, fit
 from tests.conftest import random_batch, tiny_config
 
 
@@ -248,7 +249,7 @@ def test_perplexity_is_exp_of_mlm_loss():
     objective, _ = _objective()
     out = objective.summarize({"n_mlm": 10, "loss_mlm": 20.0, "mlm_correct": 3, "n_nsp": 4, "loss_nsp": 2.0, "nsp_correct": 2})
     assert out["perplexity"] == pytest.approx(math.exp(2.0), rel=1e-6)
-    assert out["mlm_accuracy"] == 0.3 and out["nsp_accuracy"] == 0.5 and out["loss"] == pytest.approx(2.5)
+    assert out["selected_accuracy"] == 0.3 and out["nsp_accuracy"] == 0.5 and out["loss"] == pytest.approx(2.5)
 
 
 def test_tensorboard_scalars_match_metrics_jsonl(tmp_path):
@@ -435,3 +436,60 @@ def test_the_trainer_state_codec_round_trips_exactly():
     assert back["param_groups"] == state["param_groups"] and back["$odd"] == 1
     assert torch.equal(back["state"][0]["exp_avg"], state["state"][0]["exp_avg"])
     assert list(back["state"]) == [0] and math.isnan(back["history"][0]["loss"])
+
+
+# ---- a time budget (issue 15) --------------------------------------------------------------------------
+
+
+class FakeTime:
+    """time.monotonic for train.py: each call moves the clock on by `step` seconds."""
+
+    def __init__(self, step):
+        self.now, self.step = 0.0, step
+
+    def __call__(self):
+        self.now += self.step
+        return self.now
+
+
+def test_a_time_budget_lays_the_schedule_over_time_and_stops_when_spent(tmp_path, monkeypatch):
+    import bertkit.optim as optim
+
+    monkeypatch.setattr(optim.time, "monotonic", FakeTime(1.0))  # one call per step: a step "takes" 1 s
+    objective, config = _objective()
+    state = fit(objective, RandomSource(config), _config(tmp_path, steps=1000, warmup=0.2, time_budget="10s",
+                                                           schedule="linear", lr=1e-3))
+    assert state.step == 10 and state.elapsed == pytest.approx(10.0)  # --steps is not used
+    rows = [json.loads(line) for line in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    lrs = [r["lr"] for r in rows if r["split"] == "train"]
+    # the lr after step k is set for elapsed k s of 10: warm-up over the first 2 s, then linear decay
+    assert lrs[:3] == pytest.approx([5e-4, 1e-3, 1e-3 * 7 / 8], rel=1e-4)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-6)
+    assert (tmp_path / "model.safetensors").exists()
+
+
+def test_a_time_budget_resumes_with_the_time_already_spent(tmp_path, monkeypatch):
+    import bertkit.optim as optim
+
+    monkeypatch.setattr(optim.time, "monotonic", FakeTime(1.0))
+    objective, config = _objective()
+    straight = fit(objective, RandomSource(config), _config(tmp_path / "straight", warmup=0.1, time_budget="10s"))
+    objective, _ = _objective()
+    with pytest.raises(KeyboardInterrupt):  # Ctrl-C during step 5: it completes, then a checkpoint
+        fit(objective, SignalAt(config, at=4), _config(tmp_path / "resumed", warmup=0.1, time_budget="10s"))
+    objective, _ = _objective(seed=123)
+    state = fit(objective, RandomSource(config), _config(tmp_path / "resumed", warmup=0.1, time_budget="10s",
+                                                           resume=True))
+    assert state.step == straight.step == 10 and state.elapsed == pytest.approx(10.0)  # 5 s before, 5 after
+    assert [r["lr"] for r in _rows(tmp_path / "straight")] == [r["lr"] for r in _rows(tmp_path / "resumed")]
+
+
+def test_time_budget_options_are_checked():
+    from bertkit.errors import InputError
+
+    for bad in ("0", "-1h", "soon", "2x"):
+        with pytest.raises(InputError, match="--time-budget"):
+            TrainConfig(out="x", time_budget=bad)
+    with pytest.raises(InputError, match="fraction of the budget"):
+        TrainConfig(out="x", time_budget="1h", warmup=100)
+    assert TrainConfig(out="x", time_budget="1.5h").time_budget_seconds == 5400

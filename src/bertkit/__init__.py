@@ -41,6 +41,10 @@ _LAZY = {
     "BertForTokenClassification": "bertkit.heads",
     "BertModel": "bertkit.model",
     "Tokenizer": "bertkit.tokenizer",
+    "VectorIndex": "bertkit.vector_index",
+    "build_index": "bertkit.vector_index",
+    "search": "bertkit.vector_index",
+    "token_vectors": "bertkit.inside",
 }
 
 

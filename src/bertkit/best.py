@@ -14,7 +14,7 @@ import torch
 from torch import nn
 
 from bertkit import distributed
-from bertkit.checkpoint import load_state_into
+from bertkit.checkpoint import restore_weights
 from bertkit.distributed import World
 from bertkit.errors import BertkitError
 from bertkit.metrics_log import MetricsLog, say
@@ -96,6 +96,6 @@ def should_stop(state: TrainState, config: TrainConfig, world: World) -> bool:
 def save_final(model: nn.Module, config: TrainConfig, world: World, tokenizer) -> None:
     """The final model in config.out: the best one when a metric picks it (main process writes)."""
     if config.best_metric and (config.out / BEST).is_dir():
-        load_state_into(model, config.out / BEST)
+        restore_weights(model, config.out / BEST)
     if world.is_main:
         model.save_pretrained(config.out, tokenizer=tokenizer)

@@ -309,6 +309,17 @@ def load_state_into(model: Checkpointable, directory: Path, *, with_head: bool =
     return report
 
 
+def restore_weights(model: Checkpointable, directory: Path) -> None:
+    """Every weight of a model from a folder its own save_pretrained wrote (a checkpoint being
+    resumed, the best model restored): a model that writes more than the standard files (such as
+    sentence-transformers' Dense modules) reads them back with its own `restore_weights`."""
+    own = getattr(model, "restore_weights", None)
+    if own is not None:
+        own(directory)
+    else:
+        load_state_into(model, directory)
+
+
 def _checkpoint_dir(path: str | os.PathLike) -> Path:
     directory = Path(path).expanduser()
     if not directory.exists():

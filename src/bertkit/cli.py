@@ -36,16 +36,19 @@ from bertkit.serve.settings import ServeArgs
 from bertkit.settings import (
     FINETUNE_DERIVED,
     FINETUNE_TRAINING,
+    AttentionArgs,
     DataOptions,
     DemoConfig,
     EmbedArgs,
     EvaluateArgs,
     FillMaskArgs,
     FinetuneArgs,
+    IndexArgs,
     InfoArgs,
     PredictArgs,
     PrepareArgs,
     PretrainArgs,
+    SearchArgs,
     SimilarityArgs,
     TokenizeArgs,
     TokenizerTrainArgs,
@@ -196,6 +199,8 @@ def config_from_args(cls: type, args: argparse.Namespace, **extra: Any):
 
 def cmd_embed(args: argparse.Namespace) -> int:
     a = config_from_args(EmbedArgs, args)
+    if a.tokens:
+        return _embed_tokens(a)
     _check_vectors_output(a.output)
     texts = _read_lines(a.input)
     if not texts:
@@ -204,10 +209,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
     embedder = Embedder.from_pretrained(a.model)
     vectors = embedder(texts, batch_size=a.batch_size, max_length=a.max_length, normalize=a.normalize,
-                       progress=sys.stderr.isatty())
+                       progress=sys.stderr.isatty(), pooling=a.pooling, prompt=a.prompt, prompt_name=a.prompt_name,
+                       layer=a.layer, dimensions=a.dimensions, precision=a.precision)
     _write_vectors(texts, vectors, a.output)
     if a.output != "-":
-        print(f"wrote {plural(len(texts), 'vector')} of dimension {embedder.dim} to {a.output}", file=sys.stderr)
+        packed = {"binary": " (binary: 8 components a byte)", "ubinary": " (ubinary: 8 components a byte)"}
+        kind = packed.get(a.precision, "" if a.precision == "float32" else f" ({a.precision})")
+        print(f"wrote {plural(len(texts), 'vector')} of dimension {vectors.shape[1]}{kind} to {a.output}",
+              file=sys.stderr)
     return 0
 
 
@@ -235,8 +244,10 @@ def _write_vectors(texts: list[str], vectors, output: str) -> None:
 
 
 def _write_vector_lines(texts: list[str], vectors, out) -> None:
+    integers = vectors.dtype.kind in "iu"  # --precision int8, uint8, binary, ubinary
     for text, vector in zip(texts, vectors):
-        out.write(json.dumps({"text": text, "embedding": [round(float(x), 7) for x in vector]}, ensure_ascii=False))
+        values = vector.tolist() if integers else [round(float(x), 7) for x in vector]
+        out.write(json.dumps({"text": text, "embedding": values}, ensure_ascii=False))
         out.write("\n")
 
 
@@ -412,6 +423,73 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     return 0
 
 
+# ---- a look inside the model: embed --tokens, attention --------------------------------------------
+
+
+def _embed_tokens(a: EmbedArgs) -> int:
+    """`bertkit embed --tokens`: a JSONL line per text, with a vector per word piece and its characters."""
+    _check_vectors_output(a.output)  # .npy was refused by EmbedArgs: the pieces are ragged
+    texts = _read_lines(a.input)
+    if not texts:
+        raise InputError(f"{'<stdin>' if a.input == '-' else a.input}: no texts to embed (one per line)")
+    from bertkit.inside import token_records, token_vectors
+
+    pieces = token_vectors(texts, a.model, layer=-1 if a.layer is None else a.layer, batch_size=a.batch_size,
+                           max_length=a.max_length, normalize=bool(a.normalize))
+    lines = (json.dumps(token_records(text, p), ensure_ascii=False) + "\n" for text, p in zip(texts, pieces))
+    if a.output == "-":
+        sys.stdout.writelines(lines)
+        return 0
+    with fileio.atomic_write(a.output) as f:
+        f.writelines(lines)
+    print(f"wrote the vectors of {plural(sum(map(len, pieces)), 'word piece')} of {plural(len(texts), 'text')} "
+          f"to {a.output}", file=sys.stderr)
+    return 0
+
+
+def cmd_attention(args: argparse.Namespace) -> int:
+    a = config_from_args(AttentionArgs, args)
+    fileio.check_output_file(a.out)
+    from bertkit.inside import attention_map
+
+    path = attention_map(a.text, a.model, a.layer, a.head, out=a.out, pair=a.pair, max_length=a.max_length)
+    print(f"wrote {path}", file=sys.stderr)
+    return 0
+
+
+# ---- index, search ----------------------------------------------------------------------------------
+
+
+def cmd_index(args: argparse.Namespace) -> int:
+    a = config_from_args(IndexArgs, args)
+    for file in a.corpus:
+        fileio.check_input_file(file)
+    fileio.check_output_dir(a.out)
+    from bertkit.vector_index import run_index
+
+    index = run_index(a)
+    print(f"{a.out}: an {index.kind} index of {plural(index.count, 'passage')} (dimension {index.dim})",
+          file=sys.stderr)
+    return 0
+
+
+def cmd_search(args: argparse.Namespace) -> int:
+    a = config_from_args(SearchArgs, args)
+    queries = [a.query] if a.query is not None else _read_lines(a.queries)
+    if not queries:
+        raise InputError(f"{'<stdin>' if a.queries == '-' else a.queries}: no queries (one per line)")
+    from bertkit.vector_index import VectorIndex, format_results, json_line
+
+    index = VectorIndex(a.index)
+    if index.unfinished:
+        print(f"bertkit: note: {index.unfinished}", file=sys.stderr)
+    results = index.search(queries, a.top_k, model=a.model, exact=a.exact or None,
+                           expansion_search=a.expansion_search, batch_size=a.batch_size)
+    for query, found in zip(queries, results):
+        print(json_line(query, found) if a.json else format_results(query, found))
+    return 0
+
+
 # ---- tokenizer train --------------------------------------------------------------------------------
 
 
@@ -474,8 +552,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, PretrainArgs, skip=("seed",))  # --seed is TrainConfig's: a run has one seed
     add_config_options(p, TrainConfig)
 
-    p = command("finetune", cmd_finetune, "Fine-tune a BERT checkpoint for classify, tag, qa or choice; "
-                "evaluates on --dev every epoch and keeps the best model.", FinetuneArgs, DataOptions)
+    p = command("finetune", cmd_finetune, "Fine-tune a BERT checkpoint for classify, tag, qa, choice or embed "
+                "(sentence embeddings, contrastive); evaluates on --dev every epoch and keeps the best model.",
+                FinetuneArgs, DataOptions)
     add_config_options(p, TrainConfig, skip=FINETUNE_DERIVED, defaults=FINETUNE_TRAINING)
 
     p = command("evaluate", cmd_evaluate, "Score a fine-tuned model on a labelled file.", EvaluateArgs)
@@ -498,7 +577,13 @@ def build_parser() -> argparse.ArgumentParser:
     t.set_defaults(func=cmd_tokenizer_train)
     add_config_options(t, TokenizerTrainArgs)
 
+    command("index", cmd_index, "Embed text or JSONL passages into an index folder for `bertkit search` "
+            "(resumable; --add appends).", IndexArgs)
+    command("search", cmd_search, "The passages of an index nearest to a query (or to each line of --queries "
+            "FILE): exact, or HNSW for large indexes.", SearchArgs)
     command("info", cmd_info, "Describe a checkpoint: architecture, sizes, parameters, labels.", InfoArgs)
+    command("attention", cmd_attention, "Draw a layer's attention weights over a text: one head as a heat map "
+            "of word pieces, or a grid of all heads.", AttentionArgs)
     command("models", cmd_models, "List the models --model can name: the built-in one and those in the local "
             "models folder ($BERTKIT_HOME/models).")
     command("serve", cmd_serve, "Serve a model over HTTP (127.0.0.1:8080 by default): OpenAI /v1/embeddings, "

@@ -52,6 +52,34 @@ def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
     return values
 
 
+def current_world() -> World:
+    """The World of the process group already joined (by `init`), or one process: for code that is
+    handed a model but not the World, such as a loss that gathers across processes."""
+    if not (dist.is_available() and dist.is_initialized()):
+        return World()
+    return World(dist.get_rank(), dist.get_world_size(), int(os.environ.get("LOCAL_RANK", 0)))
+
+
+def gather_rows(x: torch.Tensor, world: World) -> tuple[torch.Tensor, int]:
+    """(N_r, D) rows of every process r, concatenated in rank order, and where this process's rows
+    start. The gradient flows back to every process's own rows (torch.distributed.nn's all_gather
+    sums, in its backward, what every process's loss sends to each slice), so a loss over the
+    gathered rows trains as one big batch would. Processes may hold different numbers of rows:
+    each is padded to the largest for the collective, then cut back."""
+    if not world.distributed:
+        return x, 0
+    import torch.distributed.nn.functional as dist_nn
+
+    sizes = torch.tensor([x.shape[0]], device=x.device)
+    counts = [torch.zeros_like(sizes) for _ in range(world.world_size)]
+    dist.all_gather(counts, sizes)
+    n = [int(c.item()) for c in counts]
+    padded = torch.nn.functional.pad(x, (0, 0, 0, max(n) - x.shape[0]))  # (N_max, D)
+    parts = dist_nn.all_gather(padded.contiguous())
+    rows = torch.cat([part[:k] for part, k in zip(parts, n)])  # (sum N_r, D)
+    return rows, sum(n[:world.rank])
+
+
 def all_gather_objects(obj, world: World) -> list:
     if not world.distributed:
         return [obj]

@@ -1,8 +1,13 @@
-"""Sentence embeddings: mean of the last hidden states over real tokens, L2-normalised.
+"""Sentence embeddings as sentence-transformers (ST) makes them, from either folder layout.
 
-Mean pooling is what sentence-transformers models such as all-MiniLM-L6-v2 were trained with
-(their 1_Pooling/config.json says pooling_mode_mean_tokens). Texts are batched by length so that
-little compute goes to padding, and the vectors come back in the order the texts were given.
+The model is a `SentenceEncoder` (sentence.py): a plain BERT checkpoint gives normalised mean
+pooling (what all-MiniLM-L6-v2 was trained with); an ST folder gives what its files say — pooling
+modes, Dense layers, normalisation, max_seq_length (256 for all-MiniLM-L6-v2: longer texts are cut
+there, as ST cuts them), lower-casing and prompts. Texts are batched by length so that little
+compute goes to padding, and the vectors come back in the order the texts were given.
+
+After the model, per call: Matryoshka truncation to the first `dimensions` components, then the
+output precision of ST's `quantize_embeddings` (float32, int8, uint8, binary, ubinary).
 """
 
 from __future__ import annotations
@@ -18,15 +23,26 @@ from torch import Tensor
 from bertkit.errors import InputError
 from bertkit.model import BertModel
 from bertkit.models import DEFAULT_MODEL_PACKAGE, default_model_dir, resolve_model  # noqa: F401 (their old home)
-from bertkit.options import at_least, plural
+from bertkit.options import at_least, one_of, plural
 from bertkit.padding import pad_inputs
+from bertkit.sentence import (
+    SentenceEncoder,
+    SentenceSettings,
+    check_layer,
+    load_tokenizer,
+    mean_tokens,
+    parse_pooling,
+    read_settings,
+)
+from bertkit.settings import EMBED_PRECISIONS
 from bertkit.tokenizer import Tokenizer
+
+PRECISIONS = EMBED_PRECISIONS  # float32, int8, uint8, binary, ubinary: sentence-transformers' names
 
 
 def mean_pool(hidden: Tensor, attention_mask: Tensor) -> Tensor:
     """(B, T, C), (B, T) -> (B, C): the average of the hidden states of real (non-padding) tokens."""
-    m = attention_mask[..., None].to(hidden.dtype)  # (B, T, 1)
-    return (hidden * m).sum(1) / m.sum(1).clamp(min=1e-9)
+    return mean_tokens(hidden, attention_mask)
 
 
 def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
@@ -35,21 +51,83 @@ def length_batches(lengths: Sequence[int], batch_size: int) -> list[list[int]]:
     return [order[i : i + batch_size] for i in range(0, len(order), batch_size)]
 
 
-class Embedder:
-    """A model and its tokenizer, turning texts into normalised sentence vectors."""
+def truncate_dimensions(vectors: np.ndarray, dimensions: int | None, *, renormalize: bool) -> np.ndarray:
+    """(N, D) -> (N, dimensions): the first components (Matryoshka), rescaled to unit length when
+    `renormalize` (the vectors were normalised: a cut unit vector is not one)."""
+    if dimensions is None or dimensions == vectors.shape[-1]:
+        return vectors
+    cut = vectors[..., :dimensions]  # (N, d)
+    if not renormalize:
+        return np.ascontiguousarray(cut)
+    return (cut / np.maximum(np.linalg.norm(cut, axis=-1, keepdims=True), 1e-12)).astype(np.float32)
 
-    def __init__(self, model: BertModel, tokenizer: Tokenizer):
+
+def quantize(vectors: np.ndarray, precision: str, *, ranges: np.ndarray | None = None) -> np.ndarray:
+    """(N, D) float32 -> ST's `quantize_embeddings(vectors, precision, ranges)`, bit for bit.
+
+    int8/uint8: each component's [min, max] (`ranges`, shape (2, D)) cut into 255 equal steps; without
+    `ranges` they are the min and max over these vectors themselves, as ST does without calibration
+    embeddings (so the codes depend on the set embedded together, and one vector alone is refused).
+    binary/ubinary: one bit per component (> 0), 8 to a byte; binary is ubinary - 128 as int8."""
+    one_of("precision", precision, PRECISIONS)
+    if precision == "float32":
+        return vectors.astype(np.float32)
+    if precision in ("binary", "ubinary"):
+        packed = np.packbits(vectors > 0, axis=-1)  # (N, ceil(D / 8)) uint8
+        return packed if precision == "ubinary" else (packed - 128).astype(np.int8)
+    if vectors.shape[0] == 0:  # nothing to calibrate
+        return np.zeros(vectors.shape, dtype=np.uint8 if precision == "uint8" else np.int8)
+    if ranges is None:
+        if vectors.shape[0] < 2:
+            raise InputError(f"--precision {precision} needs at least 2 texts (the ranges of each component "
+                             "come from the texts embedded together), or ranges from a calibration set")
+        ranges = np.vstack([vectors.min(axis=0), vectors.max(axis=0)])  # (2, D)
+    ranges = np.asarray(ranges, dtype=np.float32)
+    if ranges.shape != (2, vectors.shape[-1]):
+        raise InputError(f"ranges must have shape (2, {vectors.shape[-1]}), got {ranges.shape}")
+    steps = (ranges[1] - ranges[0]) / 255
+    steps = np.where(steps == 0, 1, steps)
+    codes = np.clip(np.floor((vectors - ranges[0]) / steps), 0, 255)  # (N, D) in 0..255
+    return codes.astype(np.uint8) if precision == "uint8" else (codes - 128).astype(np.int8)
+
+
+class Embedder:
+    """A sentence encoder and its tokenizer, turning texts into sentence vectors."""
+
+    def __init__(self, model: SentenceEncoder | BertModel, tokenizer: Tokenizer):
+        if isinstance(model, BertModel):  # a bare encoder: bertkit's plain-BERT rule, mean + normalise
+            model = SentenceEncoder(model.config, encoder=model)
         self.model = model.eval()
         self.tokenizer = tokenizer
+        self._prompt_lengths: dict[str, int] = {}
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike | None = None) -> Embedder:
+    def from_pretrained(cls, path: str | os.PathLike | None = None, *, pooling: str | Sequence[str] | None = None,
+                        normalize: bool | None = None, max_seq_length: int | None = None) -> Embedder:
+        """A plain BERT checkpoint or a sentence-transformers folder; a model name; None: the built-in model.
+        The keyword arguments override what the folder's files say."""
         path = resolve_model(path)  # a directory, a model name, or None: the built-in model
-        return cls(BertModel.from_pretrained(path), Tokenizer.from_pretrained(path))
+        model = SentenceEncoder.from_pretrained(path, pooling=pooling, normalize=normalize,
+                                                max_seq_length=max_seq_length)
+        return cls(model, load_tokenizer(model.source_dir or path))
+
+    @classmethod
+    def around(cls, encoder: BertModel, tokenizer: Tokenizer, directory: str | os.PathLike) -> Embedder:
+        """The embedder of the folder `encoder` was loaded from, sharing that encoder (the server's
+        one encoder for embedding and predicting); the folder's ST files give the settings."""
+        settings, _ = read_settings(directory)
+        if settings.dense:  # Dense weights live beside the encoder: load the whole model
+            return cls.from_pretrained(directory)
+        return cls(SentenceEncoder(encoder.config, settings, encoder=encoder), tokenizer)
+
+    @property
+    def settings(self) -> SentenceSettings:
+        return self.model.settings
 
     @property
     def dim(self) -> int:
-        return self.model.config.hidden_size
+        """The size of the vectors the model makes (before any `dimensions` cut)."""
+        return self.model.dim
 
     def __call__(
         self,
@@ -57,45 +135,126 @@ class Embedder:
         *,
         batch_size: int = 32,
         max_length: int | None = None,
-        normalize: bool = True,
+        normalize: bool | None = None,
         progress: bool = False,
+        pooling: str | Sequence[str] | None = None,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        layer: int | None = None,
+        dimensions: int | None = None,
+        precision: str = "float32",
+        ranges: np.ndarray | None = None,
     ) -> np.ndarray:
-        """Texts -> float32 array (N, C); a single string gives (C,)."""
+        """Texts -> an array (N, D); a single string gives (D,).
+
+        normalize: L2-normalise (None: as the model's files say). pooling: other modes than the
+        model's, e.g. "cls" or "mean+max". prompt: text put before every input; prompt_name: one of
+        the model's prompts (its default_prompt_name applies when neither is given). layer: pool
+        this layer's hidden states (-2: the second-to-last). dimensions: keep the first components
+        (Matryoshka), renormalised to unit length when the vectors are normalised (as `bertkit
+        serve` does; ST's truncate_dim does not renormalise). precision: float32, int8, uint8,
+        binary, ubinary, exactly as ST's quantize_embeddings (int8/uint8: see `quantize`).
+        """
+        options = dict(batch_size=batch_size, max_length=max_length, normalize=normalize, progress=progress,
+                       pooling=pooling, prompt=prompt, prompt_name=prompt_name, layer=layer,
+                       dimensions=dimensions, precision=precision, ranges=ranges)
         if isinstance(texts, str):
-            return self([texts], batch_size=batch_size, max_length=max_length, normalize=normalize)[0]
+            return self([texts], **options)[0]
         texts = list(texts)
-        if batch_size < 1:
-            raise InputError(f"batch_size must be at least 1, got {batch_size}")
-        out = np.zeros((len(texts), self.dim), dtype=np.float32)
-        if not texts:
-            return out
+        at_least("batch_size", batch_size, 1)
+        one_of("precision", precision, PRECISIONS)
+        if pooling is not None:
+            pooling = parse_pooling(pooling)
+        if layer is not None:
+            check_layer(layer, self.model.config.num_hidden_layers)
+        renormalize = self.settings.normalize if normalize is None else normalize
+        width = self.dim if pooling is None or self.model.dense else self.model.config.hidden_size * len(pooling)
+        if dimensions is not None:
+            at_least("dimensions", dimensions, 1)
+            if dimensions > width:
+                raise InputError(f"--dimensions {dimensions} is more than the model's {width}")
+        out = np.zeros((len(texts), width), dtype=np.float32)
+        if texts:
+            rows, prompt_length = self.encode(texts, prompt=prompt, prompt_name=prompt_name, max_length=max_length)
+            batches = length_batches([len(ids) for ids in rows], batch_size)
+            for idx in _progress(batches, progress, total_texts=len(texts)):
+                out[idx] = self._embed_batch([rows[i] for i in idx], normalize, prompt_length=prompt_length,
+                                             layer=layer, pooling=pooling)
+        out = truncate_dimensions(out, dimensions, renormalize=renormalize)
+        return quantize(out, precision, ranges=ranges)
+
+    def encode(self, texts: list[str], *, prompt: str | None = None, prompt_name: str | None = None,
+               max_length: int | None = None) -> tuple[list[list[int]], int]:
+        """Token ids of the texts as the model reads them (prompt put before, lower-cased if the model
+        says so, cut at the model's length), and the number of leading tokens that are [CLS] and prompt."""
         limit = self._limit(max_length)
+        chosen = self.prompt(prompt, prompt_name)
         # Truncation reads a long text only as far as its first `limit` tokens: a 50 MB line costs
         # what its first few kilobytes do (the tokenizer's long-text handling), not ~10 GB.
-        enc = self.tokenizer(texts, truncation=True, max_length=limit)
-        batches = length_batches([len(ids) for ids in enc["input_ids"]], batch_size)
-        for idx in _progress(batches, progress, total_texts=len(texts)):
-            out[idx] = self._embed_batch([enc["input_ids"][i] for i in idx], normalize)
-        return out
+        rows = self.tokenizer(self.prepare_texts(texts, chosen), truncation=True, max_length=limit)["input_ids"]
+        return rows, self.prompt_length(chosen, limit)
+
+    def prompt(self, prompt: str | None = None, prompt_name: str | None = None) -> str:
+        """The prompt a call uses: `prompt`, the model's prompt named `prompt_name`, or its default ('' for none)."""
+        prompts = self.settings.prompts
+        if prompt is not None and prompt_name is not None:
+            raise InputError("give --prompt or --prompt-name, not both")
+        if prompt is not None:
+            if not isinstance(prompt, str):
+                raise InputError(f"--prompt must be a string, got {type(prompt).__name__}")
+            return prompt
+        if prompt_name is not None:
+            if prompt_name not in prompts:
+                raise InputError(f"--prompt-name {prompt_name!r}: the model's prompts are "
+                                 f"{', '.join(repr(p) for p in prompts) or 'none'}")
+            return prompts[prompt_name]
+        if self.settings.default_prompt_name is not None:
+            return prompts.get(self.settings.default_prompt_name, "")
+        return ""
+
+    def prepare_texts(self, texts: Sequence[str], prompt: str = "") -> list[str]:
+        """The strings the tokenizer gets: prompt + text, lower-cased when the model's
+        sentence_bert_config.json says do_lower_case (ST lower-cases in front of the tokenizer)."""
+        for i, text in enumerate(texts):
+            if not isinstance(text, str):
+                raise InputError(f"text {i} is {type(text).__name__}, expected a string")
+        joined = [prompt + t for t in texts] if prompt else list(texts)
+        return [t.lower() for t in joined] if self.settings.do_lower_case else joined
+
+    def prompt_length(self, prompt: str, limit: int | None = None) -> int:
+        """[CLS] and the prompt's tokens: what ST leaves out of pooling with include_prompt=False
+        (the prompt tokenized alone, its closing [SEP] not counted); 0 without a prompt."""
+        if not prompt:
+            return 0
+        limit = self._limit(None) if limit is None else limit
+        key = f"{limit}:{prompt}"
+        if key not in self._prompt_lengths:
+            ids = self.tokenizer(self.prepare_texts([prompt]), truncation=True, max_length=limit)["input_ids"][0]
+            self._prompt_lengths[key] = len(ids) - (1 if ids and ids[-1] == self.tokenizer.sep_token_id else 0)
+        return self._prompt_lengths[key]
 
     def _limit(self, max_length: int | None) -> int:
-        """The tokens a text keeps: max_length, at most what the model's positions allow."""
-        model_limit = min(self.tokenizer.model_max_length, self.model.config.max_position_embeddings)
+        """The tokens a text keeps: max_length, else the model's max_seq_length (sentence_bert_config.json),
+        else what the tokenizer and the positions allow."""
+        positions = self.model.config.max_position_embeddings
         if max_length is None:
-            return model_limit
+            if self.settings.max_seq_length is not None:
+                return min(self.settings.max_seq_length, positions)
+            return min(self.tokenizer.model_max_length, positions)
         at_least("max_length", max_length, 3)
-        if max_length > self.model.config.max_position_embeddings:
-            raise InputError(f"--max-length {max_length} exceeds the model's max_position_embeddings="
-                             f"{self.model.config.max_position_embeddings}")
+        if max_length > positions:
+            raise InputError(f"--max-length {max_length} exceeds the model's max_position_embeddings={positions}")
         return max_length
 
     @torch.inference_mode()
-    def _embed_batch(self, rows: list[list[int]], normalize: bool) -> np.ndarray:
+    def _embed_batch(self, rows: list[list[int]], normalize: bool | None = None, *, prompt_length: int | None = None,
+                     layer: int | None = None, pooling: Sequence[str] | None = None) -> np.ndarray:
+        """Token ids of a batch -> (B, D) float32. prompt_length None: the default prompt's (the server's case)."""
+        if prompt_length is None:
+            prompt_length = self.prompt_length(self.prompt())
         batch = pad_inputs(rows, self.tokenizer.pad_token_id)  # input_ids, attention_mask: (B, T) each
-        hidden = self.model(**batch).last_hidden_state  # (B, T, C)
-        vectors = mean_pool(hidden, batch["attention_mask"])  # (B, C)
-        if normalize:
-            vectors = torch.nn.functional.normalize(vectors, dim=-1)
+        vectors = self.model(**batch, layer=layer, pooling=pooling, prompt_length=prompt_length,
+                             normalize=normalize)  # (B, D)
         return vectors.float().numpy()
 
 
@@ -118,16 +277,25 @@ def embed(
     *,
     batch_size: int = 32,
     max_length: int | None = None,
-    normalize: bool = True,
+    normalize: bool | None = None,
     progress: bool = False,
+    pooling: str | Sequence[str] | None = None,
+    prompt: str | None = None,
+    prompt_name: str | None = None,
+    layer: int | None = None,
+    dimensions: int | None = None,
+    precision: str = "float32",
+    ranges: np.ndarray | None = None,
 ) -> np.ndarray:
-    """Normalised mean-pooled sentence vectors as a numpy array (N, C).
+    """Sentence vectors as a numpy array (N, D), as sentence-transformers makes them with the same model.
 
-    `model` is a checkpoint directory (loaded once and cached), an Embedder, or None for the
-    built-in default, all-MiniLM-L6-v2.
+    `model` is a checkpoint directory or model name (loaded once and cached), an Embedder, or None
+    for the built-in default, all-MiniLM-L6-v2. The options are `Embedder.__call__`'s.
     """
     embedder = model if isinstance(model, Embedder) else _cached_embedder(None if model is None else str(model))
-    return embedder(texts, batch_size=batch_size, max_length=max_length, normalize=normalize, progress=progress)
+    return embedder(texts, batch_size=batch_size, max_length=max_length, normalize=normalize, progress=progress,
+                    pooling=pooling, prompt=prompt, prompt_name=prompt_name, layer=layer, dimensions=dimensions,
+                    precision=precision, ranges=ranges)
 
 
 # ---- a similarity table (`bertkit similarity`, the demo) -------------------------------------------
@@ -146,7 +314,7 @@ def similarity_table(texts: Sequence[str] | None = None, model: str | os.PathLik
     under a line naming the model (None: the built-in default) and the vectors' dimension."""
     texts = list(texts) if texts else list(EXAMPLE_TEXTS)
     embedder = Embedder.from_pretrained(model)
-    vectors = embedder(texts)  # (N, C), L2-normalised
+    vectors = embedder(texts, normalize=True)  # (N, D), L2-normalised: dot products are cosines
     header = (f"model: {model or 'all-MiniLM-L6-v2 (built-in default)'}, {plural(len(texts), 'text')}, "
               f"dimension {embedder.dim}")
     return header + "\n" + format_similarities(texts, vectors @ vectors.T)

@@ -59,8 +59,7 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config: TrainCo
         task = make_task(args.task, options)
         data = read_data(task, args)
         say(_data_summary(task, data), flush=True)
-        source = FeatureBatches(data.train.features, pad_id=data.tokenizer.pad_token_id,
-                                seed=train_config.seed)
+        source = task.batches(data.train.features, pad_id=data.tokenizer.pad_token_id, seed=train_config.seed)
         config = epoch_schedule(train_config, source, args.epochs, world, best_metric=task.metric,
                                 evaluates=bool(data.dev_examples))
         model = build_model(task, args, data, seed=train_config.seed).to(device)
@@ -91,7 +90,7 @@ def read_data(task: Task, args: FinetuneArgs) -> Data:
     dev_examples = task.read(args.dev, bad) if args.dev else []
     labels = task.label_names(train_examples)
     changes = task.configure(base, labels)
-    same_head = (base.architectures or [None])[0] == task.architecture and \
+    same_head = (base.architectures or [None])[0] == HEADS[task.architecture].architecture and \
         base.id2label == changes.get("id2label", base.id2label)
     model_config = with_settings(base.replace(**changes), task)
     train = task.featurize(train_examples, tokenizer, model_config, bad)
@@ -120,7 +119,8 @@ def build_model(task: Task, args: FinetuneArgs, data: Data, *, seed: int) -> tor
     """The checkpoint with the task's head (new, or its own when it has the same one), carrying
     the task's settings in its config."""
     torch.manual_seed(seed)  # the same new head on every process
-    model = HEADS[task.architecture].from_pretrained(args.model, with_head=data.same_head, **data.changes)
+    model = HEADS[task.architecture].from_pretrained(args.model, with_head=data.same_head, **task.model_options(),
+                                                     **data.changes)
     if args.random_init:
         model.init_weights()
     model.config = with_settings(model.config, task)
@@ -147,7 +147,8 @@ def _data_summary(task: Task, data: Data) -> str:
         parts.append(f"dev: {len(data.dev_examples):,} examples ({long_inputs(task, data.dev)})")
     labels = data.labels
     shown = ", ".join(labels[:12]) + (f", ... ({len(labels)} in all)" if len(labels) > 12 else "")
-    parts.append(f"labels: {shown}")
+    if labels:  # an embedding task has none
+        parts.append(f"labels: {shown}")
     if data.bad.summary():
         parts.append(data.bad.summary())
     return "; ".join(parts)

@@ -20,6 +20,7 @@ from bertkit.config import BertConfig
 from bertkit.labels import IGNORE as IGNORE  # re-exported: it lived here before labels.py
 from bertkit.model import BertModel, Pretrained, activation
 from bertkit.objective import classification_loss, cross_entropy_loss, mask_choices, span_loss
+from bertkit.sentence import SentenceEncoder
 
 
 class HeadOutput(NamedTuple):
@@ -228,3 +229,4 @@ HEADS: dict[str, type[Pretrained]] = {
         BertForMultipleChoice,
     )
 }
+HEADS["SentenceEncoder"] = SentenceEncoder  # its config.json says BertModel, so it is registered by name

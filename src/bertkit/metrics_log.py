@@ -74,7 +74,8 @@ def iter_rows(path: Path) -> Iterator[dict]:
 
 
 def plot_metrics(path: Path, out_png: Path) -> Path | None:
-    """A PNG of the training and validation loss curves (needs matplotlib)."""
+    """A PNG of the training and validation loss curves (needs matplotlib); for pretraining also the
+    held-out accuracy at [MASK] positions next to the commonest-token baseline."""
     try:
         import matplotlib
 
@@ -85,7 +86,9 @@ def plot_metrics(path: Path, out_png: Path) -> Path | None:
     rows = list(iter_rows(path))
     train = [(r["step"], r["loss"]) for r in rows if r.get("split") == "train" and "loss" in r]
     valid = [(r["step"], r["loss"]) for r in rows if r.get("split") == "valid" and "loss" in r]
-    fig, ax = plt.subplots(figsize=(7, 4))
+    masked = [r for r in rows if r.get("split") == "valid" and "masked_accuracy" in r]
+    fig, axes = plt.subplots(1, 2 if masked else 1, figsize=(12 if masked else 7, 4), squeeze=False)
+    ax = axes[0][0]
     for points, label, style in ((train, "train", "-"), (valid, "valid", "o-")):
         if points:
             ax.plot(*zip(*points), style, label=label)
@@ -93,14 +96,25 @@ def plot_metrics(path: Path, out_png: Path) -> Path | None:
     ax.set_ylabel("loss")
     ax.grid(alpha=0.3)
     ax.legend()
+    if masked:
+        ax = axes[0][1]
+        ax.plot([r["step"] for r in masked], [r["masked_accuracy"] for r in masked], "o-",
+                label="held-out accuracy at [MASK]")
+        if "masked_baseline" in masked[-1]:
+            ax.axhline(masked[-1]["masked_baseline"], linestyle="--", color="gray", label="commonest token")
+        ax.set_xlabel("step")
+        ax.set_ylabel("accuracy")
+        ax.grid(alpha=0.3)
+        ax.legend()
     fig.tight_layout()
     fig.savefig(out_png, dpi=100)
     plt.close(fig)
     return out_png
 
 
-def progress_bar(total: int, start: int, *, enabled: bool):
-    """A tqdm bar of optimiser steps; a disabled one (every call does nothing) when not `enabled`."""
+def progress_bar(total: int | None, start: int, *, enabled: bool):
+    """A tqdm bar of optimiser steps (no total under a time budget); a disabled one (every call does
+    nothing) when not `enabled`."""
     from tqdm import tqdm
 
     return tqdm(total=total, initial=start, desc="train", unit="step", dynamic_ncols=True, disable=not enabled)

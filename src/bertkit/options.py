@@ -198,6 +198,28 @@ def check_train_config(config: Any) -> None:
     one_of("precision", config.precision, PRECISIONS)
     seed("seed", config.seed)
     not_empty("best_metric", config.best_metric)
+    if config.time_budget is not None:
+        duration("time_budget", config.time_budget)
+        if config.warmup >= 1:
+            raise InputError(f"--warmup {config.warmup:g} counts steps, but with --time-budget the schedule "
+                             "runs over time: give a fraction of the budget, such as 0.05")
+
+
+DURATION_UNITS = {"s": 1, "m": 60, "h": 3600, "d": 86400}
+
+
+def duration(name: str, text: Any) -> float:
+    """A duration such as 90s, 45m, 2h, 1.5h or 1d (plain numbers are seconds) -> seconds > 0."""
+    value = str(text).strip().lower()
+    unit = DURATION_UNITS.get(value[-1:], None)
+    number = value[:-1] if unit else value
+    try:
+        seconds = float(number) * (unit or 1)
+    except ValueError:
+        seconds = float("nan")
+    if not math.isfinite(seconds) or seconds <= 0:
+        raise InputError(f"{flag(name)} must be a duration such as 90m, 2h or 3600s; got {show(text)}")
+    return seconds
 
 
 def betas(value: Any) -> None:
@@ -273,9 +295,11 @@ HIGHER_IS_BETTER = frozenset({
     "pearson", "spearman",  # regression
     "exact_match", "has_answer_exact_match", "has_answer_f1", "no_answer_exact_match", "no_answer_f1",
     "best_f1", "position_accuracy",  # qa
-    "mlm_accuracy", "nsp_accuracy",  # pretraining
+    "recall@1", "recall@10", "mrr@10", "ndcg@10",  # embed: retrieval on the dev set
+    # pretraining: masked_accuracy (at [MASK] positions) is the one that says what was learned
+    "masked_accuracy", "random_accuracy", "kept_accuracy", "selected_accuracy", "nsp_accuracy",
 })
-LOWER_IS_BETTER = frozenset({"loss", "mlm_loss", "nsp_loss", "perplexity", "mse"})
+LOWER_IS_BETTER = frozenset({"loss", "mlm_loss", "masked_loss", "nsp_loss", "perplexity", "mse"})
 PER_TYPE_PREFIX = "f1_"  # entity F1 per type (f1_PER, f1_LOC, ...): higher is better
 
 

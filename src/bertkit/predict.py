@@ -85,9 +85,10 @@ def load_finetuned(model_dir: str | Path, overrides: dict[str, Any] | None = Non
         options.regression = True
     task = make_task(task_name, options)
     check_max_length(options.max_length, config)
-    if architecture != task.architecture:
+    head = HEADS[task.architecture]  # a sentence encoder's config.json says BertModel, as other tools read it
+    if architecture != head.architecture:
         raise InputError(f"{model_dir}: a {architecture} checkpoint, not a {task.name} model")
-    model = HEADS[architecture].from_pretrained(model_dir).eval()
+    model = head.from_pretrained(model_dir).eval()
     if device is not None:
         model.to(device)
     return Loaded(task, model, Tokenizer.from_pretrained(model_dir), model.config)

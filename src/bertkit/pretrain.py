@@ -7,30 +7,42 @@ positions, about 15% of tokens, rather than at every token.
 from __future__ import annotations
 
 import dataclasses
+from functools import partial
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 from torch import Tensor
 
 from bertkit.config import BertConfig
 from bertkit.errors import BertkitError, InputError
 from bertkit.heads import BertForMaskedLM, BertForPreTraining
 from bertkit.labels import IGNORE
-from bertkit.objective import Mean, Objective, Step, correct, cross_entropy_loss, labelled
+from bertkit.objective import LossSum, Mean, Objective, Step, correct, cross_entropy_loss, labelled
 from bertkit.settings import OBJECTIVES, PretrainArgs  # torch-free there, for the command line
 
+# What the model saw at a selected position: [MASK], another (random) token, or the token itself.
+POSITION_KINDS = ("masked", "random", "kept")
 
-def pretraining_step(model: BertForPreTraining | BertForMaskedLM, batch: dict[str, Tensor]) -> Step:
-    """Masked LM cross-entropy summed over the masked tokens, decoded at those alone (and the
-    sentence task's, when the model has its head), and how many of each are right."""
+
+def pretraining_step(model: BertForPreTraining | BertForMaskedLM, batch: dict[str, Tensor], *,
+                     mask_token_id: int | None = None) -> Step:
+    """Masked LM cross-entropy summed over the selected tokens, decoded at those alone (and the
+    sentence task's, when the model has its head), and how many of each are right — also apart by
+    what the model saw there (position_sums), when the [MASK] id is known."""
     out = model.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
     labels = batch["labels"]
     selected = labels != IGNORE  # (B, T)
-    hidden = out.last_hidden_state[selected]  # (M, C): only the masked positions
+    hidden = out.last_hidden_state[selected]  # (M, C): only the selected positions
     logits = model.mlm(hidden, model.bert.embeddings.word.weight).float()  # (M, V)
     targets = labels[selected]  # (M,)
-    losses = {"mlm": cross_entropy_loss(logits, targets)}
+    token_losses = F.cross_entropy(logits, targets, reduction="none")  # (M,)
+    losses = {"mlm": LossSum(token_losses.sum(), labelled(labels))}
     metrics = {"mlm_correct": correct(logits, targets)}
+    if mask_token_id is not None:
+        seen = batch["input_ids"][selected]  # (M,): what the model was given at those positions
+        metrics.update(position_sums(token_losses.detach(), logits.argmax(-1) == targets, seen, targets,
+                                     mask_token_id))
     if isinstance(model, BertForPreTraining):
         nsp_logits = model.nsp(out.pooler_output).float()  # (B, 2)
         nsp_labels = batch["next_sentence_label"]  # (B,)
@@ -39,22 +51,58 @@ def pretraining_step(model: BertForPreTraining | BertForMaskedLM, batch: dict[st
     return Step(losses, metrics)
 
 
+def position_kinds(seen: Tensor, targets: Tensor, mask_token_id: int) -> dict[str, Tensor]:
+    """Boolean masks (M,) of the selected positions by what the model saw: [MASK], a token other
+    than the original (a random replacement), or the original itself (kept — a random draw that
+    happens to be the original counts here, since nothing tells it apart)."""
+    masked = seen == mask_token_id
+    kept = ~masked & (seen == targets)
+    return {"masked": masked, "random": ~masked & ~kept, "kept": kept}
+
+
+def position_sums(token_losses: Tensor, right: Tensor, seen: Tensor, targets: Tensor,
+                  mask_token_id: int) -> dict[str, Tensor]:
+    """Per kind of position: the summed loss, the right guesses and the count (n_<kind>).
+
+    Only the accuracy at [MASK] positions says what the model learned from context: at a kept
+    position copying the input is always right, so the accuracy over all selected positions of a
+    model that copies and otherwise guesses the commonest token is already ~0.1 + 0.8 × unigram."""
+    sums = {}
+    for kind, where in position_kinds(seen, targets, mask_token_id).items():
+        sums[f"{kind}_loss"] = token_losses[where].sum()
+        sums[f"{kind}_correct"] = right[where].sum()
+        sums[f"n_{kind}"] = where.sum()
+    return sums
+
+
 def perplexity(mlm_loss: float) -> float:
     return float(torch.tensor(mlm_loss).clamp(max=50).exp())  # capped: an untrained model's stays finite
 
 
 class PretrainingObjective(Objective):
-    """Loss sums of masked LM (and of the sentence task, when the model has its head) for train.fit."""
+    """Loss sums of masked LM (and of the sentence task, when the model has its head) for train.fit.
 
-    def __init__(self, model: BertForPreTraining | BertForMaskedLM):
+    Reported: mlm_loss (the training loss, over all selected positions) and selected_accuracy; with
+    the [MASK] id, the honest numbers — masked_accuracy and masked_loss at [MASK] positions (the
+    headline; perplexity is exp(masked_loss)), random_accuracy and kept_accuracy."""
+
+    def __init__(self, model: BertForPreTraining | BertForMaskedLM, *, mask_token_id: int | None = None):
         counts = {"mlm": lambda batch: labelled(batch["labels"])}
-        report = {"mlm_loss": Mean("loss_mlm", over="mlm"), "mlm_accuracy": Mean("mlm_correct", over="mlm"),
-                  "perplexity": Mean("loss_mlm", over="mlm", then=perplexity)}
+        report = {"mlm_loss": Mean("loss_mlm", over="mlm")}
+        if mask_token_id is not None:
+            report["masked_accuracy"] = Mean("masked_correct", over="masked")
+            report["masked_loss"] = Mean("masked_loss", over="masked")
+            report["perplexity"] = Mean("masked_loss", over="masked", then=perplexity)
+            for kind in ("random", "kept"):
+                report[f"{kind}_accuracy"] = Mean(f"{kind}_correct", over=kind)
+        else:
+            report["perplexity"] = Mean("loss_mlm", over="mlm", then=perplexity)
+        report["selected_accuracy"] = Mean("mlm_correct", over="mlm")
         if isinstance(model, BertForPreTraining):
             counts["nsp"] = lambda batch: labelled(batch["next_sentence_label"])
             report["nsp_loss"] = Mean("loss_nsp", over="nsp")
             report["nsp_accuracy"] = Mean("nsp_correct", over="nsp")
-        super().__init__(model, pretraining_step, counts, report)
+        super().__init__(model, partial(pretraining_step, mask_token_id=mask_token_id), counts, report)
 
 
 def model_config(spec: str, vocab_size: int, max_length: int) -> BertConfig:
@@ -109,25 +157,52 @@ class CappedSource:
         return self.source.batch(epoch, index, batch_size, rank=rank, world_size=world_size)
 
 
-def unigram_baseline(train, valid_source, batch_size: int, limit: int) -> float:
-    """MLM accuracy of always predicting the training corpus's most frequent token."""
+def most_frequent_token(train) -> int:
+    """The training corpus's commonest token id (from a sample of documents: plenty to find the mode)."""
     import numpy as np
 
     counts = np.zeros(1, dtype=np.int64)
-    for i in range(min(len(train), 20_000)):  # a sample of documents is plenty to find the mode
+    for i in range(min(len(train), 20_000)):
         for sentence in train.document(i):
             c = np.bincount(sentence)
             if len(c) > len(counts):
                 counts = np.pad(counts, (0, len(c) - len(counts)))
             counts[: len(c)] += c
-    mode = int(counts.argmax())
-    hits = total = 0
-    for i in range(CappedSource(valid_source, limit).num_batches(0, batch_size)):
-        labels = valid_source.batch(0, i, batch_size)["labels"]
-        selected = labels[labels != IGNORE]
-        hits += int((selected == mode).sum())
-        total += selected.numel()
-    return hits / max(total, 1)
+    return int(counts.argmax())
+
+
+def mlm_baselines(train, eval_source, batch_size: int, mask_token_id: int) -> dict[str, float]:
+    """What a model that learned nothing from context scores on the evaluation batches:
+    masked_baseline — always the commonest token, at [MASK] positions (next to masked_accuracy);
+    selected_baseline — copy the input token, or the commonest one where it is [MASK], over all
+    selected positions (next to selected_accuracy: ~0.1 + 0.8 × unigram with BERT's split)."""
+    mode = most_frequent_token(train)
+    hits = {"masked": 0, "selected": 0}
+    totals = {"masked": 0, "selected": 0}
+    for i in range(eval_source.num_batches(0, batch_size)):
+        batch = eval_source.batch(0, i, batch_size)
+        selected = batch["labels"] != IGNORE
+        targets, seen = batch["labels"][selected], batch["input_ids"][selected]  # (M,) each
+        at_mask = seen == mask_token_id
+        guess = torch.where(at_mask, torch.full_like(seen, mode), seen)
+        hits["masked"] += int((targets[at_mask] == mode).sum())
+        totals["masked"] += int(at_mask.sum())
+        hits["selected"] += int((guess == targets).sum())
+        totals["selected"] += targets.numel()
+    return {f"{k}_baseline": hits[k] / totals[k] if totals[k] else float("nan") for k in hits}
+
+
+def describe_length(config) -> str:
+    if config.time_budget is None:
+        return f"{config.steps} steps"
+    return f"steps for {config.time_budget}"
+
+
+def describe_baselines(baselines: dict[str, float]) -> str:
+    if not baselines:
+        return "none (no held-out data)"
+    return (f"commonest token at [MASK] {baselines['masked_baseline']:.4f} (for masked_accuracy), "
+            f"copy-or-commonest over all selected {baselines['selected_baseline']:.4f} (for selected_accuracy)")
 
 
 def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
@@ -154,24 +229,26 @@ def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
         torch.manual_seed(train_config.seed)  # the same initial weights on every process
         config = model_config(args.config, tok.vocab_size, args.max_length)
         model = build_model(args.objective, config, args.init_from).to(device)
-        objective = PretrainingObjective(model)
+        objective = PretrainingObjective(model, mask_token_id=tok.mask_token_id)
         bf16 = use_bf16(train_config.precision, device)
         autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
         eval_source = CappedSource(valid_source, args.eval_batches)
 
+        # every process: evaluate() returns the same row everywhere
+        baselines = mlm_baselines(train, eval_source, train_config.batch_size, tok.mask_token_id) if len(valid) else {}
+
         def evaluate() -> dict[str, float]:
-            return evaluate_sums(objective, eval_source, train_config.batch_size, world, autocast=autocast)
+            metrics = evaluate_sums(objective, eval_source, train_config.batch_size, world, autocast=autocast)
+            return {**metrics, **baselines}  # side by side in metrics.jsonl and TensorBoard
 
         if world.is_main:
-            baseline = unigram_baseline(train, valid_source, train_config.batch_size, args.eval_batches) \
-                if len(valid) else float("nan")
             examples = len(train_source.examples(0))
             print(
                 f"model: {args.config}, {num_parameters(model) / 1e6:.1f}M parameters, objective {args.objective}; "
                 f"data: {train.num_tokens:,} tokens, {examples:,} examples of up to {args.max_length} tokens per epoch; "
-                f"{train_config.steps} steps of {train_config.batch_size * train_config.grad_accum * world.world_size} "
+                f"{describe_length(train_config)} of {train_config.batch_size * train_config.grad_accum * world.world_size} "
                 f"sequences on {world.world_size} process(es), {device.type}, {'bf16' if bf16 else 'fp32'}; "
-                f"unigram baseline MLM accuracy {baseline:.4f}",
+                f"held-out baselines: {describe_baselines(baselines)}",
                 flush=True,
             )
         state = fit(objective, train_source, train_config, evaluate=evaluate if len(valid) else None,

@@ -31,7 +31,7 @@ import torch
 from torch import Tensor, nn
 
 from bertkit import distributed
-from bertkit.checkpoint import load_state_into
+from bertkit.checkpoint import restore_weights
 from bertkit.distributed import World
 from bertkit.errors import BertkitError, CheckpointError, InputError
 from bertkit.fileio import write_text_atomically
@@ -68,6 +68,8 @@ class TrainState:
     window: dict[str, float] = field(default_factory=dict)
     """Metric sums of the steps since the last log row (kept across a resume, so rows match)."""
     window_steps: int = 0
+    elapsed: float = 0.0
+    """Seconds of training so far, over every resume (what --time-budget measures)."""
 
 
 def next_positions(position: Position, n: int, batches_in: Callable[[int], int]) -> list[Position]:
@@ -260,6 +262,7 @@ def save_checkpoint(model: nn.Module, optimizer, scheduler, state: TrainState, c
             "history": state.history,
             "windows": windows,
             "window_steps": state.window_steps,
+            "elapsed": state.elapsed,
             "config": {k: str(v) for k, v in asdict(config).items()},
         }
         path = write_checkpoint(config.out, state.step, model, trainer_state, tokenizer=tokenizer,
@@ -273,7 +276,7 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, wor
     """Restore a checkpoint; on another number of processes the data continues where it stopped
     (in units of this run's micro-batches) and each rank starts a fresh dropout stream."""
     saved = read_trainer_state(directory)
-    load_state_into(model, directory)
+    restore_weights(model, directory)
     try:
         optimizer.load_state_dict(saved["optimizer"])
         scheduler.load_state_dict(saved["scheduler"])
@@ -286,7 +289,8 @@ def load_checkpoint(directory: Path, model: nn.Module, optimizer, scheduler, wor
         torch.manual_seed(config.seed + 1000 * (saved["step"] + 1) + world.rank)
     epoch, index = moved_position(saved, config.batch_size * world.world_size)
     return TrainState(saved["step"], Position(epoch, index), list(saved.get("history", [])),
-                      _resumed_window(saved.get("windows", []), world), int(saved.get("window_steps", 0)))
+                      _resumed_window(saved.get("windows", []), world), int(saved.get("window_steps", 0)),
+                      float(saved.get("elapsed", 0.0)))
 
 
 def _resumed_window(windows: list[dict], world: World) -> dict[str, float]:

@@ -27,6 +27,7 @@ from bertkit.options import (
     check_train_config,
     choices,
     cli,
+    duration,
     finite,
     greater_than,
     in_range,
@@ -34,17 +35,22 @@ from bertkit.options import (
     lower_is_better,
     model_spec,
     not_empty,
+    one_of,
 )
 from bertkit.options import seed as check_seed
 
 OBJECTIVES = ("mlm", "mlm+nsp", "mlm+sop")
 SEGMENTERS = ("jieba",)
+EMBED_LOSSES = ("auto", "mnrl", "cosine")
+# bertkit.sentence.POOLING_MODES, here without torch (tests/tasks/test_embed.py checks they agree)
+EMBED_POOLING = ("mean", "cls", "max", "mean_sqrt_len_tokens", "weightedmean", "lasttoken")
 # Task families by name, each implemented by the class named here (imported only when used).
 TASKS = {
     "classify": "bertkit.tasks.classify:Classify",
     "tag": "bertkit.tasks.tag:Tag",
     "qa": "bertkit.tasks.qa:QuestionAnswering",
     "choice": "bertkit.tasks.choice:Choice",
+    "embed": "bertkit.tasks.embed:Embed",
 }
 
 
@@ -103,6 +109,10 @@ class TrainConfig:
     """Start afresh in an `out` that holds an earlier run, deleting its checkpoints and logs."""
     progress: bool = True
     """Show a progress bar (main process only)."""
+    time_budget: str | None = None
+    """Train for this long (90m, 2h, 3600s...): warm-up (a fraction) and decay are laid over
+    wall-clock time, and the run stops with a final evaluation and a saved model when it is spent
+    (--steps is then not used). Resuming continues the clock."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -119,8 +129,29 @@ class TrainConfig:
     def warmup_steps(self) -> int:
         return int(self.warmup * self.steps) if self.warmup < 1 else int(self.warmup)
 
+    @property
+    def time_budget_seconds(self) -> float | None:
+        return None if self.time_budget is None else duration("time_budget", self.time_budget)
+
 
 # ---- pretraining ------------------------------------------------------------------------------------------
+
+
+MASK_SPLITS = {"bert": (0.8, 0.1, 0.1), "mask-only": (1.0, 0.0, 0.0), "random-only": (0.0, 1.0, 0.0)}
+
+
+def mask_split_fractions(spec: str) -> tuple[float, float, float]:
+    """--mask-split: a preset name, or three fractions ([MASK], random, kept) that sum to 1."""
+    if spec in MASK_SPLITS:
+        return MASK_SPLITS[spec]
+    try:
+        parts = tuple(float(x) for x in spec.split(","))
+    except ValueError:
+        parts = ()
+    if len(parts) != 3 or not all(0 <= x <= 1 for x in parts) or abs(sum(parts) - 1) > 1e-6:
+        raise InputError(f"--mask-split must be {', '.join(MASK_SPLITS)} or three fractions "
+                         f"[MASK],random,kept that sum to 1 (such as 0.8,0.1,0.1); got {spec!r}")
+    return parts  # type: ignore[return-value]
 
 
 @dataclass(frozen=True)
@@ -134,7 +165,10 @@ class PretrainingConfig:
     short_seq_prob: float = 0.1
     """Probability that an example aims at a random shorter length in [2, max] (the original's 0.1)."""
     mask_rate: float = 0.15
-    """Fraction of real tokens selected for MLM (80% [MASK], 10% random, 10% kept; BERT paper §3.1)."""
+    """Fraction of real tokens selected for MLM (BERT paper §3.1: 0.15)."""
+    mask_split: str = "bert"
+    """What becomes of the selected tokens: [MASK],random,kept fractions such as 0.8,0.1,0.1, or a
+    preset: bert (0.8,0.1,0.1, the paper's), mask-only (1,0,0), random-only (0,1,0)."""
     max_predictions_per_seq: int | None = None
     """Cap on selected tokens per sequence; default: max_length × mask_rate, rounded."""
     whole_word_masking: bool = False
@@ -147,9 +181,15 @@ class PretrainingConfig:
         at_least("max_length", self.max_length, 3 if self.objective == "mlm" else 5)  # specials + 1 (or 2) tokens
         in_range("short_seq_prob", self.short_seq_prob, 0, 1)
         in_range("mask_rate", self.mask_rate, 0, 1, low_open=True, high_open=True)
+        mask_split_fractions(self.mask_split)  # refused here, before any data is read
         if self.max_predictions_per_seq is not None:
             at_least("max_predictions_per_seq", self.max_predictions_per_seq, 1)
         check_seed("seed", self.seed)
+
+    @property
+    def mask_fractions(self) -> tuple[float, float, float]:
+        """([MASK], random, kept) fractions of the selected tokens."""
+        return mask_split_fractions(self.mask_split)
 
     @property
     def max_predictions(self) -> int:
@@ -215,6 +255,24 @@ class DataOptions:
     no_answer_threshold: float | None = None
     """QA: answer nothing when the [CLS] score beats the best span's by more than this (SQuAD 2.0);
     default: 0.0 when the training data has unanswerable questions, else always answer (SQuAD 1.1)."""
+    loss: str = field(default="auto", metadata=choices(EMBED_LOSSES))
+    """embed: mnrl (in-batch negatives, for anchor/positive[/negative] rows) or cosine (for scored
+    pairs); auto: the one the training data's shape calls for."""
+    scale: float = 20.0
+    """embed: cosine similarities are multiplied by this before the softmax (1 / temperature)."""
+    symmetric: bool = False
+    """embed: also rank each positive against every anchor of the batch, and average the two losses."""
+    mini_batch_size: int | None = None
+    """embed: embed a batch this many texts at a time (the cached loss, GradCache), so --batch-size can
+    be far larger than memory allows, with the same gradients."""
+    matryoshka_dims: str | None = None
+    """embed: also train truncated vectors: the loss summed over these leading dimensions, e.g.
+    384,256,128,64."""
+    gather_across_processes: bool = True
+    """embed: under torchrun, score every anchor against the positives and negatives of all processes."""
+    pooling: str | None = None
+    """embed: pooling of the token vectors (mean, cls, max, mean_sqrt_len_tokens, weightedmean, lasttoken,
+    or several joined by +); default: the model's own (mean for a plain BERT)."""
 
     def __post_init__(self) -> None:
         check_choices(self)
@@ -227,6 +285,27 @@ class DataOptions:
                              f"([CLS] and [SEP]), or consecutive windows would not move forward")
         if self.no_answer_threshold is not None:
             finite("no_answer_threshold", self.no_answer_threshold)
+        greater_than("scale", self.scale, 0)
+        if self.mini_batch_size is not None:
+            at_least("mini_batch_size", self.mini_batch_size, 1)
+        self.dims  # noqa: B018 (refuses a malformed --matryoshka-dims here)
+        if self.pooling is not None and not all(m.strip() in EMBED_POOLING for m in self.pooling.replace(",", "+").split("+")):
+            raise InputError(f"--pooling must be one or more of {', '.join(EMBED_POOLING)} joined by '+', "
+                             f"got {self.pooling!r}")
+
+    @property
+    def dims(self) -> tuple[int, ...]:
+        """--matryoshka-dims as numbers, largest first; () when not given."""
+        if self.matryoshka_dims is None:
+            return ()
+        try:
+            dims = tuple(int(d) for d in str(self.matryoshka_dims).split(","))
+        except ValueError:
+            dims = ()
+        if not dims or min(dims) < 1 or len(set(dims)) != len(dims):
+            raise InputError(f"--matryoshka-dims must be distinct positive integers joined by commas, such as "
+                             f"384,256,128,64; got {self.matryoshka_dims!r}")
+        return tuple(sorted(dims, reverse=True))
 
 
 @dataclass(kw_only=True)
@@ -235,7 +314,7 @@ class FinetuneArgs:
     FINETUNE_TRAINING) and the data's (DataOptions)."""
 
     task: str = field(metadata=choices(TASKS))
-    """classify, tag, qa or choice."""
+    """classify, tag, qa, choice or embed."""
     train: Path
     """Labelled training file (CSV/TSV/JSONL, CoNLL, SQuAD JSON, by task)."""
     model: str | None = None
@@ -375,6 +454,10 @@ class ModelChoice:
     all-MiniLM-L6-v2."""
 
 
+# output precisions of `bertkit embed` (bertkit.embedding.quantize), sentence-transformers' names
+EMBED_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
+
+
 @dataclass
 class EmbedArgs(ModelChoice):
     """`bertkit embed`."""
@@ -387,13 +470,58 @@ class EmbedArgs(ModelChoice):
     """Texts per batch."""
     max_length: int | None = None
     """Truncate texts to this many tokens; default: what the model takes."""
-    normalize: bool = True
-    """Scale the vectors to unit length."""
+    normalize: bool | None = None
+    """Scale the vectors to unit length; default: as the model says (a sentence-transformers folder's
+    Normalize module; a plain BERT: yes; --tokens: no)."""
+    pooling: str | None = field(default=None, metadata=cli(metavar="MODES"))
+    """How token vectors become one: mean, cls, max, mean_sqrt_len_tokens, weightedmean, lasttoken, or
+    several joined by + (concatenated); default: the model's 1_Pooling/config.json, else mean."""
+    prompt: str | None = field(default=None, metadata=cli(metavar="TEXT"))
+    """Text put before every input, e.g. 'query: '."""
+    prompt_name: str | None = field(default=None, metadata=cli(metavar="NAME"))
+    """One of the model's prompts (config_sentence_transformers.json); its default_prompt_name applies
+    when neither --prompt nor --prompt-name is given."""
+    layer: int | None = None
+    """Pool this layer's hidden states: -1 the last (default), -2 the one before (as bert-as-service did),
+    0 the embeddings."""
+    dimensions: int | None = None
+    """Keep the first N components (Matryoshka models), rescaled to unit length when normalised."""
+    precision: str = field(default="float32", metadata=choices(EMBED_PRECISIONS))
+    """Output values as sentence-transformers' quantize_embeddings makes them: int8/uint8 cut each
+    component's range over the texts embedded together into 256 steps; binary/ubinary pack one bit
+    (> 0) per component, 8 to a byte. .npy keeps the type; JSONL writes integers."""
+    tokens: bool = False
+    """A contextual vector per word piece instead of one per text, as JSONL: {"text", "tokens": [{"token",
+    "id", "start", "end", "embedding"}]}, start/end the piece's characters in the text (null for [CLS]
+    and [SEP]); raw, unless --normalize."""
 
     def __post_init__(self) -> None:
         at_least("batch_size", self.batch_size, 1)
         if self.max_length is not None:
             at_least("max_length", self.max_length, 3)
+        self._check_sentence_options()
+        if self.tokens and self.output.endswith(".npy"):
+            raise InputError(f"{self.output}: --tokens writes JSONL (texts have different numbers of pieces, "
+                             "which no single .npy array holds); give a .jsonl file or - for stdout")
+
+
+    def _check_sentence_options(self) -> None:
+        if self.pooling is not None:
+            modes = self.pooling.replace(",", "+").split("+") if isinstance(self.pooling, str) else [None]
+            if not all(isinstance(m, str) and m.strip() in EMBED_POOLING for m in modes):
+                raise InputError(f"--pooling must be one or more of {', '.join(EMBED_POOLING)} joined by +, "
+                                 f"got {self.pooling!r}")
+        not_empty("prompt_name", self.prompt_name)
+        if self.prompt is not None and self.prompt_name is not None:
+            raise InputError("give --prompt or --prompt-name, not both")
+        if self.layer is not None:
+            integer("layer", self.layer)
+        if self.dimensions is not None:
+            at_least("dimensions", self.dimensions, 1)
+        one_of("precision", self.precision, EMBED_PRECISIONS)
+        if self.tokens and (self.pooling or self.dimensions or self.precision != "float32"):
+            raise InputError("--pooling, --dimensions and --precision shape sentence vectors; --tokens writes "
+                             "one vector per word piece")
 
 
 @dataclass
@@ -433,6 +561,147 @@ class FillMaskArgs:
 
     def __post_init__(self) -> None:
         at_least("top_k", self.top_k, 1)
+
+
+FIGURE_SUFFIXES = (".png", ".pdf", ".svg")
+
+
+def check_figure_path(name: str, path: str | Path) -> Path:
+    """A picture's file name must say its format: .png, .pdf or .svg."""
+    path = Path(path)
+    if path.suffix.lower() not in FIGURE_SUFFIXES:
+        raise InputError(f"--{name.replace('_', '-')} {path}: must end in {', '.join(FIGURE_SUFFIXES)}")
+    return path
+
+
+@dataclass(kw_only=True)
+class AttentionArgs(ModelChoice):
+    """`bertkit attention`."""
+
+    text: str = field(metadata=cli(positional=True))
+    """The sentence to look at, e.g. "The cat sat on the mat because it was tired."."""
+    out: Path = field(metadata=cli(metavar="FILE"))
+    """The picture to write: .png, .pdf or .svg."""
+    layer: int = -1
+    """Layer whose attention to draw: 0 the first, -1 the last (negative counts from the end)."""
+    head: int | None = None
+    """One head of the layer (0 the first, -1 the last); default: a grid of all of them."""
+    pair: str | None = field(default=None, metadata=cli(metavar="TEXT"))
+    """A second sentence, drawn as a pair ([CLS] text [SEP] pair [SEP])."""
+    max_length: int | None = None
+    """Truncate to this many tokens; default: what the model takes."""
+
+    def __post_init__(self) -> None:
+        self.out = check_figure_path("out", self.out)
+        integer("layer", self.layer)
+        if self.head is not None:
+            integer("head", self.head)
+        if self.max_length is not None:
+            at_least("max_length", self.max_length, 3)
+
+
+# ---- semantic search (vector_index.py) ---------------------------------------------------------------------
+
+
+# usearch's own defaults but ef 128 (usearch: 64): recall@10 0.973 instead of 0.948 on 112,697 MiniLM
+# vectors of real text, at about 1 ms a query (bench/search_recall.py)
+HNSW_DEFAULTS = {"connectivity": 16, "expansion_add": 128, "expansion_search": 128}
+
+
+@dataclass(kw_only=True)
+class IndexArgs:
+    """`bertkit index`: embed a corpus into an index folder for `bertkit search`."""
+
+    corpus: list[Path] = field(metadata=cli(positional=True, metavar="CORPUS"))
+    """Text files (a passage per line, its id the 0-based line number; blank lines keep their number and
+    are skipped) or .jsonl files (a text field, and an id field kept as given, else the line number)."""
+    out: Path = field(metadata=cli(metavar="INDEX"))
+    """The index folder to write (a rerun of the same command resumes an unfinished one)."""
+    model: str | None = None
+    """A checkpoint directory or a model name (`bertkit models`); default: the built-in all-MiniLM-L6-v2,
+    or with --add the index's own model."""
+    batch_size: int = 32
+    """Texts per batch."""
+    max_length: int | None = None
+    """Truncate passages to this many tokens; default: what the model takes."""
+    add: bool = False
+    """Append the corpus to an existing index (same model; ids stay unique)."""
+    overwrite: bool = False
+    """Replace an index (or write one into a folder that holds other files, which are kept)."""
+    exact: bool = False
+    """Keep the index exact (every vector searched), however large."""
+    approximate: bool = False
+    """Build an HNSW graph (usearch) however small the index; default: from 50,000 passages on."""
+    connectivity: int | None = None
+    """HNSW: links per node (usearch's M); default: 16, or with --add the index's own."""
+    expansion_add: int | None = None
+    """HNSW: candidates considered when adding a vector (efConstruction); default: 128, or the index's own."""
+    expansion_search: int | None = None
+    """HNSW: candidates considered per search (ef); more is slower and finds more of the exact top k;
+    default: 128, or the index's own."""
+    chunk_size: int = 8192
+    """Passages embedded and saved together: an interrupted build resumes after the last complete chunk."""
+    text_field: str = "text"
+    """JSONL: the field with the passage's text."""
+    id_field: str = "id"
+    """JSONL: the field with the passage's id (a string or an integer)."""
+    progress: bool | None = None
+    """Show a progress bar on stderr; default: when stderr is a terminal."""
+
+    def __post_init__(self) -> None:
+        self.corpus, self.out = [Path(f) for f in self.corpus], Path(self.out)
+        if not self.corpus:
+            raise InputError("give at least one CORPUS file to index")
+        at_least("batch_size", self.batch_size, 1)
+        if self.max_length is not None:
+            at_least("max_length", self.max_length, 3)
+        for name, low in (("connectivity", 2), ("expansion_add", 1), ("expansion_search", 1)):
+            if getattr(self, name) is not None:
+                at_least(name, getattr(self, name), low)
+        at_least("chunk_size", self.chunk_size, 1)
+        not_empty("text_field", self.text_field)
+        not_empty("id_field", self.id_field)
+        not_empty("model", self.model)
+        if self.exact and self.approximate:
+            raise InputError("--exact and --approximate exclude each other; give one")
+        if self.add and self.overwrite:
+            raise InputError("--add and --overwrite exclude each other: --add keeps the index, --overwrite replaces it")
+
+
+@dataclass
+class SearchArgs:
+    """`bertkit search`: the passages of an index nearest to each query."""
+
+    index: Path = field(metadata=cli(positional=True, metavar="INDEX"))
+    """An index folder written by `bertkit index`."""
+    query: str | None = field(default=None, metadata=cli(positional=True, metavar="QUERY"))
+    """The text to search for (or --queries FILE)."""
+    queries: str | None = field(default=None, metadata=cli(metavar="FILE"))
+    """A file of queries, one per line ('-': stdin)."""
+    top_k: int = field(default=10, metadata=cli(short="-k"))
+    """Results per query."""
+    json: bool = False
+    """Print one JSON line per query: {"query", "results": [{"id", "score", "text"}]}."""
+    model: str | None = None
+    """Embed the queries with this model instead of the index's own (same dimension)."""
+    exact: bool = False
+    """Search every vector, even where the index has an HNSW graph."""
+    expansion_search: int | None = None
+    """HNSW candidates per search; default: the index's own setting."""
+    batch_size: int = 32
+    """Queries per batch."""
+
+    def __post_init__(self) -> None:
+        self.index = Path(self.index)
+        if (self.query is None) == (self.queries is None):
+            raise InputError("give a QUERY or --queries FILE" + ("" if self.query is None else ", not both"))
+        if self.query is not None and not self.query.strip():
+            raise InputError("QUERY is empty")
+        at_least("top_k", self.top_k, 1)
+        at_least("batch_size", self.batch_size, 1)
+        if self.expansion_search is not None:
+            at_least("expansion_search", self.expansion_search, 1)
+        not_empty("model", self.model)
 
 
 # ---- the demo -------------------------------------------------------------------------------------------

@@ -17,7 +17,6 @@ loss plot).
 from __future__ import annotations
 
 import contextlib
-import math
 from collections.abc import Callable
 from pathlib import Path
 from typing import Protocol
@@ -31,7 +30,8 @@ from bertkit.distributed import World
 from bertkit.errors import BertkitError
 from bertkit.metrics_log import MetricsLog, progress_bar
 from bertkit.objective import StepSums
-from bertkit.options import PRECISIONS, SCHEDULES
+from bertkit.optim import Clock, optimizer_and_schedule
+from bertkit.options import PRECISIONS
 from bertkit.runs import Position, TrainState, next_positions
 from bertkit.settings import TrainConfig  # torch-free there, for the command line
 
@@ -55,56 +55,6 @@ class Objective(Protocol):
 
 
 # ---- small pure pieces ------------------------------------------------------------------------------
-
-
-def lr_factor(step: int, *, warmup: int, total: int, schedule: str) -> float:
-    """Multiplier of the peak learning rate at `step`: linear warm-up, then the chosen decay."""
-    if step < warmup:
-        return (step + 1) / warmup
-    if schedule == "constant":
-        return 1.0
-    progress = min(1.0, (step - warmup) / max(1, total - warmup))
-    if schedule == "linear":
-        return 1.0 - progress
-    if schedule == "cosine":
-        return 0.5 * (1.0 + math.cos(math.pi * progress))
-    raise BertkitError(f"unknown schedule {schedule!r}; choose {', '.join(SCHEDULES)}")
-
-
-def param_groups(model: nn.Module, weight_decay: float, layer_lr_decay: float = 1.0) -> list[dict]:
-    """No weight decay on biases and LayerNorm weights (the 1-D parameters), as in BERT's optimiser.
-
-    With layer_lr_decay < 1 each group also carries `lr_scale`: 1 for the heads and pooler, then a
-    factor of layer_lr_decay per layer further down, the embeddings lowest (ELECTRA, Clark et al. 2020).
-    """
-    depth_of = _layer_depth(model)
-    top = max(depth_of.values(), default=0)
-    groups: dict[tuple[int, bool], list[nn.Parameter]] = {}
-    for name, p in model.named_parameters():
-        if p.requires_grad:
-            depth = depth_of.get(name, top) if layer_lr_decay != 1.0 else top
-            groups.setdefault((depth, p.ndim >= 2), []).append(p)
-    return [
-        {"params": params, "weight_decay": weight_decay if decays else 0.0,
-         "lr_scale": layer_lr_decay ** (top - depth)}
-        for (depth, decays), params in sorted(groups.items(), key=lambda kv: (kv[0][0], not kv[0][1]))
-    ]
-
-
-def _layer_depth(model: nn.Module) -> dict[str, int]:
-    """0 for embeddings, k for encoder layer k-1, L+1 for everything above the encoder."""
-    names = [n for n, _ in model.named_parameters()]
-    layers = {int(n.split(".layers.")[1].split(".")[0]) for n in names if ".layers." in n}
-    top = len(layers) + 1
-    depth = {}
-    for n in names:
-        if ".embeddings." in n or n.startswith("embeddings."):
-            depth[n] = 0
-        elif ".layers." in n or n.startswith("layers."):
-            depth[n] = int(n.split("layers.")[1].split(".")[0]) + 1
-        else:
-            depth[n] = top
-    return depth
 
 
 def bf16_supported(device: torch.device) -> bool:
@@ -149,18 +99,6 @@ def gather_sums(sums: dict[str, float], world: World) -> dict[str, float]:
     return total
 
 
-def _optimizer(objective: Objective, config: TrainConfig):
-    groups = param_groups(objective.model, config.weight_decay, config.layer_lr_decay)
-    for g in groups:
-        g["lr"] = config.lr * g["lr_scale"]
-    optimizer = torch.optim.AdamW(groups, lr=config.lr, betas=config.betas, eps=config.eps)
-    warmup = config.warmup_steps()
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda s: lr_factor(s, warmup=warmup, total=config.steps, schedule=config.schedule)
-    )
-    return optimizer, scheduler
-
-
 # ---- the loop ---------------------------------------------------------------------------------------
 
 
@@ -178,7 +116,8 @@ def fit(objective: Objective, source: BatchSource, config: TrainConfig, *,
     runs.start_run(config, world)
     config = runs.adapt_to_checkpoint(config, world)
     device = next(objective.model.parameters()).device
-    optimizer, scheduler = _optimizer(objective, config)
+    clock = Clock(config.time_budget_seconds, world)
+    optimizer, scheduler = optimizer_and_schedule(objective.model, config, clock)
     state, resumed = runs.start_state(objective.model, optimizer, scheduler, config, world)
     log = MetricsLog(config.out, world, resume_step=state.step if resumed else None)
     module = _parallel(objective, config, world, device)
@@ -191,25 +130,29 @@ def fit(objective: Objective, source: BatchSource, config: TrainConfig, *,
         return runs.save_checkpoint(objective.model, optimizer, scheduler, state, config, world,
                                     tokenizer=tokenizer)
 
-    bar = progress_bar(config.steps, state.step, enabled=config.progress and world.is_main)
+    bar = progress_bar(None if clock.budget else config.steps, state.step,
+                       enabled=config.progress and world.is_main)
     log.lap()  # the first row's clock starts with the first step
+    clock.start(state)
     with runs.stop_on_signals() as stop:
         try:
-            while state.step < config.steps and not stop.agreed(world):
+            while not clock.done(state.step, config.steps) and not stop.agreed(world):
                 positions = next_positions(state.position, config.grad_accum, batches_in)
                 sums = _train_step(module, objective, source, positions, config, world, device, autocast)
                 optimizer.step()
+                clock.tick()
                 scheduler.step()
                 optimizer.zero_grad(set_to_none=True)
                 _advance(state, positions[-1], sums)
-                if state.step % config.log_every == 0 or state.step == config.steps:
+                last = clock.done(state.step, config.steps)
+                if state.step % config.log_every == 0 or last:
                     _log_window(objective, state, log, world, max(scheduler.get_last_lr()), bar)
                 bar.update(1)
-                if evaluate is not None and _due(config.eval_every, state.step, config.steps):
+                if evaluate is not None and _due(config.eval_every, state.step, last):
                     validate(evaluate, objective.model, log, state, config, world, tokenizer, bar)
                     if should_stop(state, config, world):
                         break
-                if _due(config.save_every, state.step, config.steps):
+                if _due(config.save_every, state.step, last):
                     checkpoint()
             stopped = stop.agreed(world)
         except KeyboardInterrupt:  # a second signal: stop mid-step, leaving the last checkpoint as it is
@@ -249,10 +192,10 @@ def _parallel(objective: Objective, config: TrainConfig, world: World, device: t
     return module
 
 
-def _due(every: int, step: int, steps: int) -> bool:
+def _due(every: int, step: int, last: bool) -> bool:
     """Periodic work (evaluation, checkpoints) falls on multiples of `every` before the last step,
     which has its own."""
-    return bool(every) and step % every == 0 and step < steps
+    return bool(every) and step % every == 0 and not last
 
 
 def _train_step(module, objective, source, positions, config, world, device, autocast) -> dict[str, float]:

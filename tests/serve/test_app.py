@@ -90,9 +90,32 @@ def test_tei_embed(minilm, offline):
 def test_truncate_cuts_a_long_input_as_offline_truncation_does(minilm, offline):
     long = "word " * 600
     r = minilm.post("/embed", json={"inputs": [long, "short"]})
-    assert r.status_code == 413 and "input 0 has 602 tokens, more than the model's maximum of 512" in r.json()["error"]
+    assert r.status_code == 413 and "input 0 has 602 tokens, more than the model's maximum of 256" in r.json()["error"]
     r = minilm.post("/embed", json={"inputs": [long, "short"], "truncate": True})
     np.testing.assert_allclose(r.json(), offline([long, "short"]), atol=1e-6, rtol=0)
+
+
+def test_a_sentence_transformers_folder_is_served_as_its_files_say(tmp_path, minilm_dir):
+    """Pooling, Dense, a default prompt left out of pooling, max_seq_length: the offline vectors."""
+    import torch
+
+    from bertkit import Tokenizer
+    from bertkit.sentence import DenseSettings, SentenceEncoder, SentenceSettings
+    from tests.conftest import tiny_config
+
+    torch.manual_seed(0)
+    settings = SentenceSettings(pooling=("cls", "max"), max_seq_length=16, prompts={"query": "query: "},
+                                default_prompt_name="query", include_prompt=False, dense=(DenseSettings(64, 8),))
+    SentenceEncoder(tiny_config(vocab_size=30522), settings).save_pretrained(
+        tmp_path, tokenizer=Tokenizer.from_pretrained(minilm_dir))
+    with served(tmp_path) as client:
+        info = client.get("/info").json()
+        assert (info["dimension"], info["max_length"]) == (8, 16)
+        want = bertkit.Embedder.from_pretrained(tmp_path)(TEXTS[:3])
+        got = client.post("/v1/embeddings", json={"input": TEXTS[:3]}).json()["data"]
+        np.testing.assert_allclose([d["embedding"] for d in got], want, atol=1e-5, rtol=0)
+        long = "word " * 40
+        assert "more than the model's maximum of 16" in client.post("/embed", json={"inputs": long}).json()["error"]
 
 
 def test_tokenize(minilm):
@@ -200,7 +223,8 @@ def test_fill_mask(mlm_dir):
 def test_health_info_metrics_and_page(minilm):
     assert minilm.get("/health").json() == {"status": "ok"}
     info = minilm.get("/info").json()
-    assert (info["task"], info["dimension"], info["max_length"], info["labels"]) == ("embed", 384, 512, None)
+    # max_length 256: MiniLM's sentence_bert_config.json says max_seq_length 256, as for `bertkit embed`
+    assert (info["task"], info["dimension"], info["max_length"], info["labels"]) == ("embed", 384, 256, None)
     assert info["limits"]["max_client_batch_size"] == 8
     minilm.post("/embed", json={"inputs": ["x", "y z"]})
     minilm.post("/embed", json={"inputs": 3})
@@ -235,7 +259,7 @@ BAD_REQUESTS = [
     ("/v1/embeddings", {"input": ["ok", "  "]}, 400, "invalid_request", "input[1] is empty"),
     ("/v1/embeddings", {"input": []}, 400, "invalid_request", "empty list"),
     ("/v1/embeddings", {"input": ["t"] * 9}, 413, "too_many_inputs", "9 inputs, more than this server's max_client_batch_size of 8"),
-    ("/v1/embeddings", {"input": "word " * 600}, 413, "input_too_long", "input 0 has 602 tokens, more than the model's maximum of 512"),
+    ("/v1/embeddings", {"input": "word " * 600}, 413, "input_too_long", "input 0 has 602 tokens, more than the model's maximum of 256"),
     ("/v1/embeddings", {"input": "x", "encoding_format": "int8"}, 400, "invalid_request", "encoding_format must be one of float, base64"),
     ("/v1/embeddings", {"input": "x", "dimensions": 0}, 400, "invalid_request", "dimensions must be between 1 and 384, got 0"),
     ("/v1/embeddings", {"input": "x", "dimensions": 385}, 400, "invalid_request", "between 1 and 384, got 385"),

@@ -398,5 +398,5 @@ def test_skipped_unseen_labels_leave_evaluate_and_finetune_aligned(finetuned, se
 def test_unknown_task_and_wrong_model_kind(tmp_path, tiny_model_dir, capsys):
     assert main(["finetune", "--task", "summarise", "--model", str(tiny_model_dir), "--train", "x.csv",
                  "--out", str(tmp_path)]) == 2
-    assert "--task must be one of classify, tag, qa, choice; got 'summarise'" in capsys.readouterr().err
+    assert "--task must be one of classify, tag, qa, choice, embed; got 'summarise'" in capsys.readouterr().err
     assert make_task("classify").name == "classify"

@@ -464,6 +464,7 @@ def mask_tokens(
     rate: float = 0.15,
     max_predictions: int | None = None,
     whole_word: bool = False,
+    split: tuple[float, float, float] = (MASK_FRACTION, RANDOM_FRACTION, 1 - MASK_FRACTION - RANDOM_FRACTION),
     generator: torch.Generator | Sequence[torch.Generator],
 ) -> tuple[Tensor, Tensor]:
     """BERT's masked-LM corruption of a (B, T) batch; returns (masked input_ids, labels).
@@ -471,10 +472,10 @@ def mask_tokens(
     `special` (B, T) marks positions never selected ([CLS], [SEP], padding). Per sequence,
     round(rate * maskable tokens) positions are selected (at least 1, at most max_predictions); with
     `whole_word` all pieces of a word are selected together, words in random order, skipping words
-    that would overshoot the budget (so a sequence may get a little less). Of the selected tokens 80%
-    become mask_id, 10% a random id (uniform over the vocabulary without `special_ids` and mask_id),
-    10% stay — BERT paper §3.1 (the decision is made per token, also within a whole word, as the
-    original does). labels hold the original id at selected positions and IGNORE (-100) elsewhere.
+    that would overshoot the budget (so a sequence may get a little less). Of the selected tokens
+    split[0] become mask_id, split[1] a random id (uniform over the vocabulary without `special_ids`
+    and mask_id), the rest stay — 80/10/10 in BERT paper §3.1 (the decision is made per token, also
+    within a whole word, as the original does). labels hold the original id at selected positions and IGNORE (-100) elsewhere.
     `generator` is one torch.Generator for the batch or one per row (see _draws)."""
     if input_ids.dim() != 2 or special.shape != input_ids.shape:
         raise InputError(f"input_ids and special must be (B, T) alike, got {tuple(input_ids.shape)} "
@@ -487,8 +488,8 @@ def mask_tokens(
     scores, decisions, picks = (x.to(device) for x in _draws(candidate, len(pool), generator))
     budget = prediction_budget(candidate.sum(1), rate, max_predictions)
     selected = _select(candidate, word_starts if whole_word else None, scores, budget)
-    to_mask = selected & (decisions < MASK_FRACTION)
-    to_random = selected & (decisions >= MASK_FRACTION) & (decisions < MASK_FRACTION + RANDOM_FRACTION)
+    to_mask = selected & (decisions < split[0])
+    to_random = selected & (decisions >= split[0]) & (decisions < split[0] + split[1])
     masked = torch.where(to_mask, torch.full_like(input_ids, mask_id), input_ids)
     masked = torch.where(to_random, pool.to(device)[picks].to(input_ids.dtype), masked)
     labels = torch.where(selected, input_ids, torch.full_like(input_ids, IGNORE))
@@ -521,7 +522,7 @@ def collate(examples: Sequence[Example], seeds: Sequence[int], ids: SpecialToken
         word_starts=pad([s[2] for s in sequences]).bool(), vocab_size=ids.vocab_size,
         mask_id=ids.mask_token_id, special_ids=specials, rate=config.mask_rate,
         max_predictions=config.max_predictions, whole_word=config.whole_word_masking,
-        generator=[torch.Generator().manual_seed(s) for s in seeds],
+        split=config.mask_fractions, generator=[torch.Generator().manual_seed(s) for s in seeds],
     )
     batch = {"input_ids": masked, "token_type_ids": inputs["token_type_ids"],
              "attention_mask": inputs["attention_mask"], "labels": labels}

@@ -1,7 +1,7 @@
 """What the server does with its model, without HTTP: check inputs, batch them, run the offline code.
 
-A served model is any BERT directory. Every model embeds (normalised mean pooling, as
-`bertkit.embed`); a model from `bertkit finetune` also predicts (its task and labels read from its
+A served model is any BERT directory. Every model embeds (as `bertkit.embed`: what its
+sentence-transformers files say, else normalised mean pooling); a model from `bertkit finetune` also predicts (its task and labels read from its
 config.json by `bertkit.predict.load_finetuned`, as `bertkit predict` reads them); a checkpoint with
 a masked-LM head also fills masks. One encoder is loaded and shared by all three.
 
@@ -27,6 +27,7 @@ from bertkit.config import BertConfig
 from bertkit.embedding import Embedder
 from bertkit.errors import InputError
 from bertkit.models import BUILTIN_MODEL, resolve_model
+from bertkit.sentence import read_settings
 from bertkit.serve.batcher import Batcher, BatchStats
 from bertkit.serve.errors import ApiError, input_too_long, not_supported
 from bertkit.serve.settings import ServeArgs
@@ -53,26 +54,23 @@ class Service:
     def __init__(self, args: ServeArgs, *, on_batch=None):
         directory = resolve_model(args.model)
         self.name = model_name(args.model, directory)
-        config = BertConfig.load(directory)
+        _, encoder_dir = read_settings(directory)  # the folder itself, or a sentence-transformers subfolder
+        config = BertConfig.load(encoder_dir)
         architecture = (config.architectures or ["BertModel"])[0]
         self.loaded = self.fill = None
         if architecture in _task_architectures():
             from bertkit.predict import load_finetuned
 
             self.loaded = load_finetuned(directory)
-            encoder, tokenizer = self.loaded.model.bert, self.loaded.tokenizer
+            self.embedder = Embedder.around(self.loaded.model.bert, self.loaded.tokenizer, directory)
         elif architecture in MLM_ARCHITECTURES:
             from bertkit.fill_mask import FillMask
 
             self.fill = FillMask.from_pretrained(directory)
-            encoder, tokenizer = self.fill.model.bert, self.fill.tokenizer
-        else:
-            from bertkit.model import BertModel
-            from bertkit.tokenizer import Tokenizer
-
-            encoder, tokenizer = BertModel.from_pretrained(directory), Tokenizer.from_pretrained(directory)
-        self.embedder = Embedder(encoder, tokenizer)
-        self.tokenizer = tokenizer
+            self.embedder = Embedder.around(self.fill.model.bert, self.fill.tokenizer, directory)
+        else:  # a plain BERT or a sentence-transformers folder: vectors as its files say
+            self.embedder = Embedder.from_pretrained(directory)
+        self.tokenizer = self.embedder.tokenizer
         self.config = self.embedder.model.config
         self.max_length = self.embedder._limit(None)  # the offline rule: the tokenizer's and the positions' limit
         if args.max_batch_tokens < self.max_length:
@@ -106,7 +104,7 @@ class Service:
 
         task_length = self.loaded.task.options.max_length if self.loaded is not None else None
         return {"model": self.name, "task": self.task, "labels": self.labels,
-                "max_length": task_length or self.max_length, "dimension": self.config.hidden_size,
+                "max_length": task_length or self.max_length, "dimension": self.embedder.dim,
                 "version": __version__,
                 "endpoints": ["/v1/embeddings", "/embed", "/tokenize"]
                 + (["/predict"] if self.loaded is not None else []) + (["/fill-mask"] if self.fill else [])}
@@ -114,8 +112,9 @@ class Service:
     # ---- preparing requests (request threads)
 
     def prepare_embeddings(self, texts: list[str], *, truncate: bool) -> Prepared:
-        """Token ids as `Embedder.__call__` makes them; an input over the model's length is a 413 unless truncate."""
-        rows = self._encode(texts, truncate)
+        """Token ids as `Embedder.__call__` makes them (the model's default prompt before each text,
+        lower-cased if its files say so); an input over the model's length is a 413 unless truncate."""
+        rows = self._encode(self.embedder.prepare_texts(texts, self.embedder.prompt()), truncate)
         lengths = [len(r) for r in rows]
         return Prepared(rows, lengths, [1] * len(rows), sum(lengths))
 

@@ -1,4 +1,4 @@
-"""Fine-tuning task families, one module each: classify, tag, qa, choice."""
+"""Fine-tuning task families, one module each: classify, tag, qa, choice, embed."""
 
 from __future__ import annotations
 

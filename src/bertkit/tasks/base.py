@@ -348,6 +348,14 @@ class Task:
         ``examples`` (drop_skipped), so that the list stays aligned with the predictions."""
         raise NotImplementedError
 
+    def model_options(self) -> dict[str, Any]:
+        """Arguments of the head's from_pretrained beyond config changes (a sentence encoder's pooling)."""
+        return {}
+
+    def batches(self, features: list[Feature], *, pad_id: int, seed: int = 0):
+        """The batch source train.fit draws the training features from."""
+        return FeatureBatches(features, pad_id=pad_id, seed=seed)
+
     # head / loss
     def objective(self, model: nn.Module) -> nn.Module:
         raise NotImplementedError

@@ -62,3 +62,27 @@ def regression(gold: Sequence[float], guess: Sequence[float]) -> dict[str, float
         "spearman": float("nan") if constant else float(spearmanr(g, p)[0]),
         "mse": float(((g - p) ** 2).mean()),
     }
+
+
+def retrieval(queries: np.ndarray, corpus: np.ndarray, relevant: Sequence[set[int]], *,
+              k: int = 10) -> dict[str, float]:
+    """recall@1, recall@k, MRR@k and nDCG@k (binary relevance) of every query (Q, D) ranked by
+    cosine against the whole corpus (C, D); relevant[q] holds the corpus rows that answer query q.
+    The definitions are sentence-transformers' InformationRetrievalEvaluator's: recall@k is the
+    share of a query's relevant documents in its top k, MRR@k 1 / the rank of the first relevant
+    one (0 beyond k), nDCG@k the DCG of the top k over that of a perfect ranking; ties are broken
+    by the lower corpus row. Each is the mean over queries."""
+    q = queries / np.maximum(np.linalg.norm(queries, axis=1, keepdims=True), 1e-12)
+    c = corpus / np.maximum(np.linalg.norm(corpus, axis=1, keepdims=True), 1e-12)
+    scores = q.astype(np.float64) @ c.astype(np.float64).T  # (Q, C)
+    # a stable sort of -score keeps equal scores in corpus order
+    top = np.argsort(-scores, axis=1, kind="stable")[:, :k]  # (Q, k)
+    discount = 1.0 / np.log2(np.arange(2, k + 2))  # rank r (from 0) counts 1 / log2(r + 2)
+    out = {"recall@1": 0.0, f"recall@{k}": 0.0, f"mrr@{k}": 0.0, f"ndcg@{k}": 0.0}
+    for ranked, gold in zip(top, relevant):
+        hits = np.array([int(doc) in gold for doc in ranked], dtype=float)  # (k,)
+        out["recall@1"] += hits[:1].sum() / len(gold)
+        out[f"recall@{k}"] += hits.sum() / len(gold)
+        out[f"mrr@{k}"] += 1.0 / (int(hits.argmax()) + 1) if hits.any() else 0.0
+        out[f"ndcg@{k}"] += float(hits @ discount[:len(hits)]) / float(discount[:min(len(gold), k)].sum())
+    return {name: value / len(relevant) for name, value in out.items()}
