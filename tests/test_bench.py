@@ -127,3 +127,51 @@ def test_embed_finetune_bench_quick(tmp_path, minilm_dir):
     assert report["runs"]["sentence-transformers"]["steps"] == 8  # 64 pairs, batch 8, one epoch
     if "bertkit" in report["runs"]:
         assert report["runs"]["bertkit"]["steps"] in (8, None)
+
+
+# ---- bench/mfu.py: the FLOPs formula by hand, and a smoke run --------------------------------------------
+
+MFU_BENCH = BENCH.with_name("mfu.py")
+
+
+@pytest.fixture(scope="module")
+def bench_mfu():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_mfu", MFU_BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_mfu_model_flops_by_hand(bench_mfu):
+    from types import SimpleNamespace
+
+    # C=4, F=8, one layer, V=10: N = 4*16 + 2*4*8 = 128 matmul weights
+    config = SimpleNamespace(hidden_size=4, intermediate_size=8, num_hidden_layers=1, vocab_size=10, num_labels=2)
+    assert bench_mfu.encoder_matmul_params(config) == 128
+    # one row of 3 tokens: 6*128*3 + 12*1*4*3*3 = 2304 + 432; MLM on 1 token 6*(16 + 40); NSP 6*(16 + 8)
+    assert bench_mfu.training_flops(config, [3], masked=1, head="pretraining") == 2304 + 432 + 336 + 144
+    assert bench_mfu.training_flops(config, [3], masked=0, head="classify") == 2304 + 432 + 144
+    assert bench_mfu.inference_flops(config, [3, 1]) == (2 * 128 * 3 + 4 * 4 * 9) + (2 * 128 + 4 * 4)
+    assert bench_mfu.peak_tflops("NVIDIA H100 PCIe", "bf16") == 756.0
+    assert bench_mfu.peak_tflops("NVIDIA H200", "bf16") == bench_mfu.peak_tflops("NVIDIA H100 80GB HBM3", "bf16")
+    assert bench_mfu.peak_tflops("NVIDIA A100-SXM4-80GB", "fp32") == 19.5
+    assert bench_mfu.peak_tflops("cpu", "fp32") is None
+
+
+@pytest.mark.slow
+def test_mfu_bench_quick(tmp_path):
+    out = tmp_path / "mfu.json"
+    result = subprocess.run([sys.executable, str(MFU_BENCH), "--quick", "--device", "cpu", "--threads", "1",
+                             "--peak-tflops", "1", "--json", str(out)], capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-2000:]
+    report = json.loads(out.read_text())
+    assert report["precision"] == "fp32" and report["device"] == "cpu" and report["peak_tflops"] == 1
+    assert [r["what"].split()[0] for r in report["runs"]] == ["pretraining", "fine-tuning"]
+    for run in report["runs"]:
+        ours, ref = run["bertkit"], run["transformers"]
+        assert ours["tokens_per_s"] > 0 and ref["tokens_per_s"] > 0
+        assert ours["mfu"] == pytest.approx(ours["tflops"])  # peak 1 TFLOP/s
+        assert ours["ratio"] == pytest.approx(ref["seconds"] / ours["seconds"])
+    assert "| pretraining seq 32 | bertkit |" in result.stdout

@@ -181,6 +181,19 @@ def test_cli_bad_options_are_one_line_errors(capsys, monkeypatch, argv, message)
     assert code == 2 and message in err and "Traceback" not in err and len(err.strip().splitlines()) <= 2
 
 
+def test_cli_shows_the_truncation_warning_in_one_line(capsys, tmp_path, embedder, monkeypatch):
+    """Regression: a text cut at the model's 256 tokens printed a warning with bertkit's file, line
+    number and source line under it."""
+    monkeypatch.setattr(warnings, "formatwarning", warnings.formatwarning)  # main() replaces it
+    src = tmp_path / "texts.txt"
+    src.write_text(TEXTS[0] + "\n" + "word " * 300 + "\n", encoding="utf-8")
+    with pytest.warns(UserWarning) as caught:
+        code, _, _ = _cli(capsys, "embed", "-i", str(src), "-o", str(tmp_path / "v.npy"))
+    w = caught[0]
+    shown = warnings.formatwarning(w.message, w.category, w.filename, w.lineno)
+    assert code == 0 and shown == "bertkit: warning: 1 of 2 inputs truncated to max_length=256 tokens\n"
+
+
 def test_cli_help_lists_the_options(capsys):
     with pytest.raises(SystemExit):
         _cli(capsys, "embed", "--help")

@@ -25,7 +25,8 @@ LAYERS: list[tuple[str, ...]] = [
     # labels: IGNORE and other label constants shared by data, tasks and heads; padding: ragged token
     # lists -> padded batches, for data, tasks, embedding and export
     ("config", "labels", "padding"),
-    ("options", "settings", "distributed"),  # settings: the torch-free argument dataclasses of the CLI
+    ("options", "settings", "distributed", "devices"),  # settings: the torch-free argument dataclasses of the
+    # CLI; devices: --device -> torch.device, batches moved there, inference autocast
     ("tokenizer", "models", "data.corpus"),  # models: model names -> checkpoint folders
     ("checkpoint",),  # the file format and key map: it takes any module with a config, never model.py's classes
     ("vocab", "data", "data.*"),  # features for pretraining

@@ -196,6 +196,11 @@ def test_attention_command(capsys, tmp_path, tiny_model_dir):
     (["attention", "the cat", "--out", "{tmp}/a.gif"], "must end in .png, .pdf, .svg"),
     (["attention", "the cat", "--out", "{tmp}/a.png", "--layer", "x"], "--layer"),
     (["embed", "--tokens", "-i", "{tmp}/t.txt", "-o", "{tmp}/v.npy"], "--tokens writes JSONL"),
+    # regressions: an empty text drew a map of [CLS] and [SEP]; --tokens left a prompt out silently
+    (["attention", "  ", "--out", "{tmp}/a.png"], "the text is empty"),
+    (["attention", "the cat", "--pair", "", "--out", "{tmp}/a.png"], "the pair is empty"),
+    (["embed", "--tokens", "--prompt", "query: ", "-i", "{tmp}/t.txt"], "--tokens writes one vector per word piece"),
+    (["embed", "--tokens", "--prompt-name", "query", "-i", "{tmp}/t.txt"], "--tokens writes one vector per word"),
 ])
 def test_command_errors_are_one_line(capsys, tmp_path, tiny_model_dir, argv, message):
     (tmp_path / "t.txt").write_text("hello\n", encoding="utf-8")

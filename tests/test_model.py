@@ -165,7 +165,8 @@ def test_real_minilm_saved_by_bertkit_loads_in_transformers(minilm_pair, tmp_pat
     assert not info["missing_keys"] and not info["unexpected_keys"]
     batch = _varied_batch(reftok, pairs=True)
     with torch.no_grad():
-        a, b = ours(**batch), ref.eval()(**batch)
+        # the padded path: the same matrix shapes as transformers', so agreement to 1e-6 everywhere
+        a, b = ours(**batch, unpadded=False), ref.eval()(**batch)
     torch.testing.assert_close(a.last_hidden_state, b.last_hidden_state, atol=1e-6, rtol=0)
     torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-6, rtol=0)
 
@@ -267,3 +268,136 @@ def test_real_minilm_hidden_states_and_attentions_match_transformers(minilm_pair
     mask = batch["attention_mask"].bool()
     _compare_extras(a, b, mask, atol=1e-5)
     torch.testing.assert_close(a.last_hidden_state[mask], plain.last_hidden_state[mask], atol=1e-5, rtol=0)
+
+
+# ---- the unpadded path: padding dropped before the first layer ---------------------------------------
+
+
+def test_unpad_finds_the_real_tokens_by_hand():
+    from bertkit.model import pad_back, unpad
+
+    mask = torch.tensor([[1, 1, 1, 0], [1, 1, 0, 0], [0, 1, 1, 1]])  # right, right, and left padding
+    u = unpad(mask)
+    assert u.indices.tolist() == [0, 1, 2, 4, 5, 9, 10, 11]
+    assert u.positions.tolist() == [0, 1, 2, 0, 1, 1, 2, 3]  # each token's own position, as when padded
+    assert u.lengths.tolist() == [3, 2, 3]
+    x = torch.arange(8.0)[:, None].repeat(1, 2)  # (R, 2)
+    back = pad_back(x, u, 3, 4)  # (B, T, 2)
+    assert back[..., 0].tolist() == [[0, 1, 2, 0], [3, 4, 0, 0], [0, 5, 6, 7]]
+    assert u.max_length == 3 and u.slots.tolist() == [0, 1, 2, 3, 4, 6, 7, 8]  # (B, L) with each row's tokens first
+
+
+def _ragged(config, *, pairs=True):
+    """Rows of 11, 7, 1 real tokens and one without padding; two segments when `pairs`."""
+    batch = random_batch(config, B=4, T=11, pairs=pairs)
+    lengths = torch.tensor([11, 7, 1, 11])
+    batch["attention_mask"] = (torch.arange(11)[None, :] < lengths[:, None]).long()
+    batch["input_ids"] = batch["input_ids"].clamp(min=1) * batch["attention_mask"]
+    batch["token_type_ids"] = batch["token_type_ids"] * batch["attention_mask"]
+    if pairs:
+        batch["token_type_ids"][3, 6:] = 1
+    return batch
+
+
+@pytest.mark.parametrize("pairs", [False, True])
+def test_unpadded_equals_padded_in_eval_mode(pairs):
+    from bertkit.model import worth_unpadding
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = BertModel(config).eval()
+    batch = _ragged(config, pairs=pairs)
+    assert worth_unpadding(batch["attention_mask"])
+    with torch.no_grad():
+        a, b = model(**batch), model(**batch, unpadded=False)
+    mask = batch["attention_mask"].bool()
+    torch.testing.assert_close(a.last_hidden_state[mask], b.last_hidden_state[mask], atol=1e-5, rtol=0)
+    torch.testing.assert_close(a.pooler_output, b.pooler_output, atol=1e-5, rtol=0)
+    assert torch.all(a.last_hidden_state[~mask] == 0)  # nothing computed at padding
+
+
+def test_unpadded_equals_padded_with_left_padding_and_long_and_short_rows():
+    """Any mask, not only right padding."""
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = BertModel(config).eval()
+    g = torch.Generator().manual_seed(1)
+    lengths = torch.tensor([60, 3, 55, 2, 40, 1, 64, 5])
+    mask = (torch.arange(64)[None, :] < lengths[:, None]).long()  # (8, 64)
+    mask[1] = mask[1].flip(0)  # left padding in one row
+    ids = torch.randint(1, config.vocab_size, (8, 64), generator=g) * mask
+    with torch.no_grad():
+        a, b = model(ids, None, mask), model(ids, None, mask, unpadded=False)
+    torch.testing.assert_close(a.last_hidden_state[mask.bool()], b.last_hidden_state[mask.bool()], atol=1e-5, rtol=0)
+
+
+def test_unpadded_gradients_equal_padded():
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    batch = _ragged(config)
+    mask = batch["attention_mask"].bool()
+    grads = []
+    for unpadded in (True, False):
+        torch.manual_seed(0)
+        model = BertModel(config).train()
+        out = model(**batch, unpadded=unpadded)
+        # a loss reading real tokens and the pooler, as the heads do
+        (out.last_hidden_state[mask].pow(2).sum() + out.pooler_output.sum()).backward()
+        grads.append({n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None})
+    assert grads[0].keys() == grads[1].keys() and len(grads[0]) == len(list(BertModel(config).parameters()))
+    for name in grads[0]:
+        torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_unpadded_training_with_dropout_keeps_shapes_and_trains():
+    config = tiny_config(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
+    batch = _ragged(config)
+    model = BertModel(config).train()
+    a, b = model(**batch), model(**batch, unpadded=False)
+    assert a.last_hidden_state.shape == b.last_hidden_state.shape == (4, 11, 32)
+    assert a.pooler_output.shape == (4, 32) and torch.isfinite(a.last_hidden_state).all()
+    a.pooler_output.sum().backward()
+    assert model.layers[0].attention.qkv.weight.grad.abs().sum() > 0
+
+
+def test_padded_path_is_kept_where_unpadding_cannot_help_or_would_change_meaning():
+    from bertkit.model import worth_unpadding
+
+    assert not worth_unpadding(None)
+    assert not worth_unpadding(torch.ones(2, 5, dtype=torch.long))  # no padding at all
+    assert not worth_unpadding(torch.tensor([[1, 1, 0], [0, 0, 0]]))  # a row of padding alone
+    assert worth_unpadding(torch.tensor([[1, 1, 0], [1, 0, 0]]))
+
+
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
+def test_traced_graph_takes_the_padded_path():
+    """A traced graph (the ONNX export) must not freeze one batch's count of real tokens."""
+    config = tiny_config()
+    model = BertModel(config, add_pooler=False).eval()
+
+    class Hidden(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.model = model
+
+        def forward(self, *inputs):
+            return self.model(*inputs).last_hidden_state
+
+    batch = _ragged(config)
+    args = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
+    with torch.no_grad():
+        traced = torch.jit.trace(Hidden(), args, check_trace=False)
+        other = _ragged(config)
+        other["attention_mask"][1, :9] = 1
+        expected = model(other["input_ids"], other["token_type_ids"], other["attention_mask"], unpadded=False)
+        got = traced(other["input_ids"], other["token_type_ids"], other["attention_mask"])
+    torch.testing.assert_close(got, expected.last_hidden_state, atol=1e-5, rtol=0)
+
+
+def test_real_minilm_unpadded_equals_padded(minilm_pair):
+    ours, _, reftok = minilm_pair
+    batch = _varied_batch(reftok, pairs=True)
+    with torch.no_grad():
+        a, b = ours(**batch), ours(**batch, unpadded=False)
+    mask = batch["attention_mask"].bool()
+    assert (a.last_hidden_state - b.last_hidden_state)[mask].abs().max() < 1e-5
+    assert (a.pooler_output - b.pooler_output).abs().max() < 1e-5

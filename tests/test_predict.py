@@ -6,6 +6,7 @@ import io
 
 import pytest
 
+import bertkit
 from bertkit import BertConfig
 from bertkit.cli import main
 from bertkit.errors import InputError
@@ -41,8 +42,13 @@ def test_read_inputs_plain_lines_and_json_lines(tmp_path, monkeypatch):
 def test_evaluate_needs_a_finetuned_model(tmp_path, tiny_model_dir, capsys):
     data = tmp_path / "dev.csv"
     data.write_text("text,label\nx,a\n")
-    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data)]) == 2
+    pretrained = tmp_path / "mlm"
+    bertkit.BertForMaskedLM.from_pretrained(tiny_model_dir).save_pretrained(pretrained)
+    assert main(["evaluate", "--model", str(pretrained), "--data", str(data)]) == 2
     assert "has no fine-tuning task head" in capsys.readouterr().err
+    # a plain encoder is scored as an embedding model (zero-shot retrieval): a classification file is refused
+    assert main(["evaluate", "--model", str(tiny_model_dir), "--data", str(data)]) == 2
+    assert "cannot tell which field holds the text" in capsys.readouterr().err
 
 
 def test_evaluation_work_is_shared_between_processes_and_outputs_come_back_in_order(monkeypatch):

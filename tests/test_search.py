@@ -263,3 +263,36 @@ def test_an_interrupted_add_leaves_the_index_searchable(capsys, monkeypatch, tmp
     assert "bertkit: note:" in err and "not searchable yet (0 of 1 chunks embedded)" in err
     monkeypatch.setattr(vector_index, "save_chunk", real_save)
     assert build_index(more, out=out, add=True, say=lambda m: None).count == 12
+
+
+def test_search_refuses_another_models_queries_and_finds_a_moved_model(capsys, tmp_path, corpus, tiny_model_dir):
+    """Regressions: `search --model OTHER` of the same dimension scored queries of one model against
+    passages of another without a word; a moved model was a bare 'no such file or directory'."""
+    import shutil
+
+    import torch
+
+    from bertkit import BertModel, Tokenizer
+
+    model = shutil.copytree(tiny_model_dir, tmp_path / "model")
+    build_index(corpus, model, out=tmp_path / "idx", say=lambda m: None)
+    torch.manual_seed(1)
+    other = tmp_path / "other"
+    BertModel(BertModel.from_pretrained(tiny_model_dir).config).save_pretrained(  # other weights, same sizes
+        other, tokenizer=Tokenizer.from_pretrained(tiny_model_dir))
+    code, _, err = run(capsys, "search", tmp_path / "idx", "cat", "--model", other)
+    assert code == 2 and err.startswith(f"bertkit: error: --model {other}: not the model the index at "), err
+    assert len(err.strip().splitlines()) == 1
+    model.rename(tmp_path / "moved")
+    code, _, err = run(capsys, "search", tmp_path / "idx", "cat")
+    assert code == 2 and f"the index's model {model} is not there any more; give --model" in err, err
+    code, out, _ = run(capsys, "search", tmp_path / "idx", "cat", "--model", tmp_path / "moved", "-k", "1")
+    assert code == 0 and out.startswith("query: cat")
+
+
+def test_python_search_refuses_a_k_that_is_not_an_integer():
+    """Regression: bertkit.search(index, "q", k="3") died in numpy with a TypeError."""
+    index = VectorIndex.__new__(VectorIndex)
+    for k in ("3", 2.5, True, 0):
+        with pytest.raises(InputError, match="-k must be an integer of at least 1"):
+            index.search_vectors(np.zeros((1, 4), dtype=np.float32), k)

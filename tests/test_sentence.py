@@ -284,7 +284,7 @@ def test_embedder_precision_and_dimensions(tiny_model_dir):
         ours(TEXTS, dimensions=33)
     with pytest.raises(InputError, match="--precision must be one of"):
         ours(TEXTS, precision="int4")
-    with pytest.raises(InputError, match="--prompt-name 'query': the model's prompts are none"):
+    with pytest.raises(InputError, match="--prompt-name 'query' is not one of the model's prompts: it has none"):
         ours(TEXTS, prompt_name="query")
 
 

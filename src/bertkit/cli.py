@@ -23,6 +23,7 @@ import re
 import sys
 import types
 import typing
+import warnings
 from collections.abc import Callable, Sequence
 from typing import Any
 
@@ -39,6 +40,7 @@ from bertkit.settings import (
     AttentionArgs,
     DataOptions,
     DemoConfig,
+    DeviceChoice,
     EmbedArgs,
     EvaluateArgs,
     FillMaskArgs,
@@ -54,6 +56,11 @@ from bertkit.settings import (
     TokenizerTrainArgs,
     TrainConfig,
 )
+
+
+def _device(args: argparse.Namespace) -> str:
+    """--device as given (its spelling checked); whether the machine has it is checked when the model loads."""
+    return config_from_args(DeviceChoice, args).device
 
 
 def _read_lines(source: str) -> list[str]:
@@ -199,15 +206,16 @@ def config_from_args(cls: type, args: argparse.Namespace, **extra: Any):
 
 def cmd_embed(args: argparse.Namespace) -> int:
     a = config_from_args(EmbedArgs, args)
+    device = _device(args)
     if a.tokens:
-        return _embed_tokens(a)
+        return _embed_tokens(a, device)
     _check_vectors_output(a.output)
     texts = _read_lines(a.input)
     if not texts:
         raise InputError(f"{'<stdin>' if a.input == '-' else a.input}: no texts to embed (one per line)")
     from bertkit.embedding import Embedder
 
-    embedder = Embedder.from_pretrained(a.model)
+    embedder = Embedder.from_pretrained(a.model, device=device)
     vectors = embedder(texts, batch_size=a.batch_size, max_length=a.max_length, normalize=a.normalize,
                        progress=sys.stderr.isatty(), pooling=a.pooling, prompt=a.prompt, prompt_name=a.prompt_name,
                        layer=a.layer, dimensions=a.dimensions, precision=a.precision)
@@ -253,9 +261,10 @@ def _write_vector_lines(texts: list[str], vectors, out) -> None:
 
 def cmd_similarity(args: argparse.Namespace) -> int:
     a = config_from_args(SimilarityArgs, args)
+    device = _device(args)
     from bertkit.embedding import similarity_table
 
-    print(similarity_table(a.texts, a.model))
+    print(similarity_table(a.texts, a.model, device=device))
     return 0
 
 
@@ -390,16 +399,18 @@ def _data_overrides(args: argparse.Namespace) -> dict[str, Any]:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     a = config_from_args(EvaluateArgs, args)
+    device = _device(args)
     fileio.check_input_file(a.data)
     model = str(resolve_model(a.model))
     from bertkit.predict import run_evaluate
 
-    run_evaluate(model, a.data, _data_overrides(args), batch_size=a.batch_size, as_json=a.json)
+    run_evaluate(model, a.data, _data_overrides(args), batch_size=a.batch_size, as_json=a.json, device=device)
     return 0
 
 
 def cmd_predict(args: argparse.Namespace) -> int:
     a = config_from_args(PredictArgs, args)
+    device = _device(args)
     if a.input != "-":
         fileio.check_input_file(a.input)
     if a.output != "-":
@@ -407,15 +418,16 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = str(resolve_model(a.model))
     from bertkit.predict import run_predict
 
-    run_predict(model, a.input, a.output, _data_overrides(args), batch_size=a.batch_size)
+    run_predict(model, a.input, a.output, _data_overrides(args), batch_size=a.batch_size, device=device)
     return 0
 
 
 def cmd_fill_mask(args: argparse.Namespace) -> int:
     a = config_from_args(FillMaskArgs, args)
+    device = _device(args)
     from bertkit.fill_mask import FillMask
 
-    fill = FillMask.from_pretrained(resolve_model(a.model))
+    fill = FillMask.from_pretrained(resolve_model(a.model), device=device)
     for n, candidates in enumerate(fill(a.text, top_k=a.top_k), start=1):
         print(f"[MASK] {n}:" if a.text.count("[MASK]") > 1 else "[MASK]:")
         for c in candidates:
@@ -426,7 +438,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
 # ---- a look inside the model: embed --tokens, attention --------------------------------------------
 
 
-def _embed_tokens(a: EmbedArgs) -> int:
+def _embed_tokens(a: EmbedArgs, device: str = "auto") -> int:
     """`bertkit embed --tokens`: a JSONL line per text, with a vector per word piece and its characters."""
     _check_vectors_output(a.output)  # .npy was refused by EmbedArgs: the pieces are ragged
     texts = _read_lines(a.input)
@@ -435,7 +447,7 @@ def _embed_tokens(a: EmbedArgs) -> int:
     from bertkit.inside import token_records, token_vectors
 
     pieces = token_vectors(texts, a.model, layer=-1 if a.layer is None else a.layer, batch_size=a.batch_size,
-                           max_length=a.max_length, normalize=bool(a.normalize))
+                           max_length=a.max_length, normalize=bool(a.normalize), device=device)
     lines = (json.dumps(token_records(text, p), ensure_ascii=False) + "\n" for text, p in zip(texts, pieces))
     if a.output == "-":
         sys.stdout.writelines(lines)
@@ -449,10 +461,12 @@ def _embed_tokens(a: EmbedArgs) -> int:
 
 def cmd_attention(args: argparse.Namespace) -> int:
     a = config_from_args(AttentionArgs, args)
+    device = _device(args)
     fileio.check_output_file(a.out)
     from bertkit.inside import attention_map
 
-    path = attention_map(a.text, a.model, a.layer, a.head, out=a.out, pair=a.pair, max_length=a.max_length)
+    path = attention_map(a.text, a.model, a.layer, a.head, out=a.out, pair=a.pair, max_length=a.max_length,
+                         device=device)
     print(f"wrote {path}", file=sys.stderr)
     return 0
 
@@ -462,12 +476,13 @@ def cmd_attention(args: argparse.Namespace) -> int:
 
 def cmd_index(args: argparse.Namespace) -> int:
     a = config_from_args(IndexArgs, args)
+    device = _device(args)
     for file in a.corpus:
         fileio.check_input_file(file)
     fileio.check_output_dir(a.out)
     from bertkit.vector_index import run_index
 
-    index = run_index(a)
+    index = run_index(a, device=device)
     print(f"{a.out}: an {index.kind} index of {plural(index.count, 'passage')} (dimension {index.dim})",
           file=sys.stderr)
     return 0
@@ -475,6 +490,7 @@ def cmd_index(args: argparse.Namespace) -> int:
 
 def cmd_search(args: argparse.Namespace) -> int:
     a = config_from_args(SearchArgs, args)
+    device = _device(args)
     queries = [a.query] if a.query is not None else _read_lines(a.queries)
     if not queries:
         raise InputError(f"{'<stdin>' if a.queries == '-' else a.queries}: no queries (one per line)")
@@ -484,7 +500,7 @@ def cmd_search(args: argparse.Namespace) -> int:
     if index.unfinished:
         print(f"bertkit: note: {index.unfinished}", file=sys.stderr)
     results = index.search(queries, a.top_k, model=a.model, exact=a.exact or None,
-                           expansion_search=a.expansion_search, batch_size=a.batch_size)
+                           expansion_search=a.expansion_search, batch_size=a.batch_size, device=device)
     for query, found in zip(queries, results):
         print(json_line(query, found) if a.json else format_results(query, found))
     return 0
@@ -540,9 +556,11 @@ def build_parser() -> argparse.ArgumentParser:
             add_config_options(p, cls)
         return p
 
-    command("embed", cmd_embed, "Sentence embeddings (normalised mean pooling) for texts, one per line.", EmbedArgs)
+    command("embed", cmd_embed, "Sentence embeddings for texts, one per line, as sentence-transformers makes them "
+            "(the model's pooling and normalisation; a plain BERT: normalised mean pooling).", EmbedArgs,
+            DeviceChoice)
     command("similarity", cmd_similarity, "Cosine similarities between texts (a built-in set if none given).",
-            SimilarityArgs)
+            SimilarityArgs, DeviceChoice)
     command("tokenize", cmd_tokenize, "Show the WordPiece tokens, ids and token types of texts (stdin if none "
             "given).", TokenizeArgs)
     command("prepare", cmd_prepare, "Tokenize raw text into memory-mapped shards for pretraining.", PrepareArgs)
@@ -557,16 +575,17 @@ def build_parser() -> argparse.ArgumentParser:
                 FinetuneArgs, DataOptions)
     add_config_options(p, TrainConfig, skip=FINETUNE_DERIVED, defaults=FINETUNE_TRAINING)
 
-    p = command("evaluate", cmd_evaluate, "Score a fine-tuned model on a labelled file.", EvaluateArgs)
+    p = command("evaluate", cmd_evaluate, "Score a fine-tuned model on a labelled file.", EvaluateArgs,
+                DeviceChoice)
     add_config_options(p, DataOptions, unset=True)
     p = command("predict", cmd_predict, "Predict with a fine-tuned model; writes JSONL, one line per input.",
-                PredictArgs)
+                PredictArgs, DeviceChoice)
     add_config_options(p, DataOptions, unset=True)
 
     command("demo", cmd_demo, "Embed with MiniLM, then train a vocabulary, prepare and pretrain a small BERT "
             "on the Penn Treebank, and fill masks with it (about 7 minutes on 2 cores).", DemoConfig)
     command("fill-mask", cmd_fill_mask, "Predict the tokens behind [MASK] with a masked-LM checkpoint.",
-            FillMaskArgs)
+            FillMaskArgs, DeviceChoice)
 
     p = command("tokenizer", lambda a: (p_tok.print_help(), 2)[1], "Train WordPiece vocabularies.")
     p_tok = p
@@ -578,12 +597,12 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(t, TokenizerTrainArgs)
 
     command("index", cmd_index, "Embed text or JSONL passages into an index folder for `bertkit search` "
-            "(resumable; --add appends).", IndexArgs)
+            "(resumable; --add appends).", IndexArgs, DeviceChoice)
     command("search", cmd_search, "The passages of an index nearest to a query (or to each line of --queries "
-            "FILE): exact, or HNSW for large indexes.", SearchArgs)
+            "FILE): exact, or HNSW for large indexes.", SearchArgs, DeviceChoice)
     command("info", cmd_info, "Describe a checkpoint: architecture, sizes, parameters, labels.", InfoArgs)
     command("attention", cmd_attention, "Draw a layer's attention weights over a text: one head as a heat map "
-            "of word pieces, or a grid of all heads.", AttentionArgs)
+            "of word pieces, or a grid of all heads.", AttentionArgs, DeviceChoice)
     command("models", cmd_models, "List the models --model can name: the built-in one and those in the local "
             "models folder ($BERTKIT_HOME/models).")
     command("serve", cmd_serve, "Serve a model over HTTP (127.0.0.1:8080 by default): OpenAI /v1/embeddings, "
@@ -600,8 +619,15 @@ def _version() -> str:
     return f"bertkit {__version__}"
 
 
+def _one_line_warning(message, category, filename, lineno, line=None) -> str:
+    """A warning as a command's user reads it (e.g. texts cut at the model's length), without the
+    file, line and source of bertkit's code that raised it."""
+    return f"bertkit: warning: {message}\n"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING, format="bertkit: %(message)s")
+    warnings.formatwarning = _one_line_warning
     try:
         args = build_parser().parse_args(argv)
         return args.func(args)

@@ -41,14 +41,31 @@ def init() -> World:
     return world
 
 
-def device_for(world: World) -> torch.device:
-    return torch.device("cuda", world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+def device_for(world: World, spec: str = "auto") -> torch.device:
+    """The device a training process runs on. auto: under torchrun one GPU per local rank (cuda:
+    local_rank) when there is CUDA, else the CPU (MPS is left to an explicit --device mps: its
+    float64 and fused-kernel gaps are not worth a silent switch). A named device is taken as given
+    (resolve_device checks the machine has it); "cuda" still means the local rank's GPU."""
+    from bertkit.devices import resolve_device
+
+    if spec == "auto":
+        return torch.device("cuda", world.local_rank) if torch.cuda.is_available() else torch.device("cpu")
+    device = resolve_device(spec)
+    if device.type == "cuda" and device.index is None:
+        return torch.device("cuda", world.local_rank)
+    return device
 
 
 def all_reduce_sum(values: torch.Tensor, world: World) -> torch.Tensor:
-    """Sum a tensor over all processes (in place) and return it."""
-    if world.distributed:
-        dist.all_reduce(values, op=dist.ReduceOp.SUM)
+    """Sum a tensor over all processes (in place) and return it. NCCL reduces GPU tensors only: a CPU
+    tensor (the loop's counts and metric sums) goes through this process's GPU and back."""
+    if not world.distributed:
+        return values
+    if values.device.type == "cpu" and dist.get_backend() == "nccl":
+        on_gpu = values.to(torch.device("cuda", world.local_rank))
+        dist.all_reduce(on_gpu, op=dist.ReduceOp.SUM)
+        return values.copy_(on_gpu)
+    dist.all_reduce(values, op=dist.ReduceOp.SUM)
     return values
 
 

@@ -20,6 +20,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bertkit.devices import inference_autocast, model_device, resolve_device, to_device, to_numpy
 from bertkit.errors import InputError
 from bertkit.model import BertModel
 from bertkit.models import DEFAULT_MODEL_PACKAGE, default_model_dir, resolve_model  # noqa: F401 (their old home)
@@ -80,7 +81,7 @@ def quantize(vectors: np.ndarray, precision: str, *, ranges: np.ndarray | None =
     if ranges is None:
         if vectors.shape[0] < 2:
             raise InputError(f"--precision {precision} needs at least 2 texts (the ranges of each component "
-                             "come from the texts embedded together), or ranges from a calibration set")
+                             "come from the texts embedded together), or, in Python, ranges= from calibration texts")
         ranges = np.vstack([vectors.min(axis=0), vectors.max(axis=0)])  # (2, D)
     ranges = np.asarray(ranges, dtype=np.float32)
     if ranges.shape != (2, vectors.shape[-1]):
@@ -94,30 +95,38 @@ def quantize(vectors: np.ndarray, precision: str, *, ranges: np.ndarray | None =
 class Embedder:
     """A sentence encoder and its tokenizer, turning texts into sentence vectors."""
 
-    def __init__(self, model: SentenceEncoder | BertModel, tokenizer: Tokenizer):
+    def __init__(self, model: SentenceEncoder | BertModel, tokenizer: Tokenizer, *,
+                 device: str | torch.device | None = None):
+        """device: where to run the model ("auto", "cpu", "cuda", "cuda:1", "mps"); None leaves it
+        where it is (the server shares one encoder between its embedder and its predictions)."""
         if isinstance(model, BertModel):  # a bare encoder: bertkit's plain-BERT rule, mean + normalise
             model = SentenceEncoder(model.config, encoder=model)
+        if device is not None:
+            model = model.to(resolve_device(device))
         self.model = model.eval()
+        self.device = model_device(self.model)
         self.tokenizer = tokenizer
         self._prompt_lengths: dict[str, int] = {}
 
     @classmethod
     def from_pretrained(cls, path: str | os.PathLike | None = None, *, pooling: str | Sequence[str] | None = None,
-                        normalize: bool | None = None, max_seq_length: int | None = None) -> Embedder:
+                        normalize: bool | None = None, max_seq_length: int | None = None,
+                        device: str | torch.device = "auto") -> Embedder:
         """A plain BERT checkpoint or a sentence-transformers folder; a model name; None: the built-in model.
-        The keyword arguments override what the folder's files say."""
+        The keyword arguments override what the folder's files say; device: where the model runs
+        (auto: a GPU if there is one)."""
         path = resolve_model(path)  # a directory, a model name, or None: the built-in model
         model = SentenceEncoder.from_pretrained(path, pooling=pooling, normalize=normalize,
                                                 max_seq_length=max_seq_length)
-        return cls(model, load_tokenizer(model.source_dir or path))
+        return cls(model, load_tokenizer(model.source_dir or path), device=device)
 
     @classmethod
     def around(cls, encoder: BertModel, tokenizer: Tokenizer, directory: str | os.PathLike) -> Embedder:
         """The embedder of the folder `encoder` was loaded from, sharing that encoder (the server's
         one encoder for embedding and predicting); the folder's ST files give the settings."""
         settings, _ = read_settings(directory)
-        if settings.dense:  # Dense weights live beside the encoder: load the whole model
-            return cls.from_pretrained(directory)
+        if settings.dense:  # Dense weights live beside the encoder: load the whole model, on its device
+            return cls.from_pretrained(directory, device=model_device(encoder))
         return cls(SentenceEncoder(encoder.config, settings, encoder=encoder), tokenizer)
 
     @property
@@ -205,8 +214,9 @@ class Embedder:
             return prompt
         if prompt_name is not None:
             if prompt_name not in prompts:
-                raise InputError(f"--prompt-name {prompt_name!r}: the model's prompts are "
-                                 f"{', '.join(repr(p) for p in prompts) or 'none'}")
+                known = (f"its prompts are {', '.join(repr(p) for p in prompts)}" if prompts else
+                         "it has none (config_sentence_transformers.json names them); --prompt gives one")
+                raise InputError(f"--prompt-name {prompt_name!r} is not one of the model's prompts: {known}")
             return prompts[prompt_name]
         if self.settings.default_prompt_name is not None:
             return prompts.get(self.settings.default_prompt_name, "")
@@ -252,10 +262,11 @@ class Embedder:
         """Token ids of a batch -> (B, D) float32. prompt_length None: the default prompt's (the server's case)."""
         if prompt_length is None:
             prompt_length = self.prompt_length(self.prompt())
-        batch = pad_inputs(rows, self.tokenizer.pad_token_id)  # input_ids, attention_mask: (B, T) each
-        vectors = self.model(**batch, layer=layer, pooling=pooling, prompt_length=prompt_length,
-                             normalize=normalize)  # (B, D)
-        return vectors.float().numpy()
+        batch = to_device(pad_inputs(rows, self.tokenizer.pad_token_id), self.device)  # (B, T) each
+        with inference_autocast(self.device):
+            vectors = self.model(**batch, layer=layer, pooling=pooling, prompt_length=prompt_length,
+                                 normalize=normalize)  # (B, D)
+        return to_numpy(vectors)
 
 
 def _progress(batches, enabled: bool, *, total_texts: int):
@@ -267,8 +278,8 @@ def _progress(batches, enabled: bool, *, total_texts: int):
 
 
 @lru_cache(maxsize=4)
-def _cached_embedder(path: str | None) -> Embedder:
-    return Embedder.from_pretrained(path)
+def _cached_embedder(path: str | None, device: str = "auto") -> Embedder:
+    return Embedder.from_pretrained(path, device=device)
 
 
 def embed(
@@ -286,13 +297,16 @@ def embed(
     dimensions: int | None = None,
     precision: str = "float32",
     ranges: np.ndarray | None = None,
+    device: str | torch.device = "auto",
 ) -> np.ndarray:
     """Sentence vectors as a numpy array (N, D), as sentence-transformers makes them with the same model.
 
     `model` is a checkpoint directory or model name (loaded once and cached), an Embedder, or None
-    for the built-in default, all-MiniLM-L6-v2. The options are `Embedder.__call__`'s.
+    for the built-in default, all-MiniLM-L6-v2. device: where a loaded model runs (an Embedder
+    runs where it is). The other options are `Embedder.__call__`'s.
     """
-    embedder = model if isinstance(model, Embedder) else _cached_embedder(None if model is None else str(model))
+    embedder = model if isinstance(model, Embedder) else _cached_embedder(None if model is None else str(model),
+                                                                            str(device))
     return embedder(texts, batch_size=batch_size, max_length=max_length, normalize=normalize, progress=progress,
                     pooling=pooling, prompt=prompt, prompt_name=prompt_name, layer=layer, dimensions=dimensions,
                     precision=precision, ranges=ranges)
@@ -309,11 +323,12 @@ EXAMPLE_TEXTS = (
 )
 
 
-def similarity_table(texts: Sequence[str] | None = None, model: str | os.PathLike | None = None) -> str:
+def similarity_table(texts: Sequence[str] | None = None, model: str | os.PathLike | None = None, *,
+                     device: str | torch.device = "auto") -> str:
     """The cosine similarity of every pair of texts (EXAMPLE_TEXTS if none), as lines to print,
     under a line naming the model (None: the built-in default) and the vectors' dimension."""
     texts = list(texts) if texts else list(EXAMPLE_TEXTS)
-    embedder = Embedder.from_pretrained(model)
+    embedder = Embedder.from_pretrained(model, device=device)
     vectors = embedder(texts, normalize=True)  # (N, D), L2-normalised: dot products are cosines
     header = (f"model: {model or 'all-MiniLM-L6-v2 (built-in default)'}, {plural(len(texts), 'text')}, "
               f"dimension {embedder.dim}")

@@ -7,6 +7,7 @@ from typing import NamedTuple
 
 import torch
 
+from bertkit.devices import inference_autocast, model_device, resolve_device, to_device
 from bertkit.errors import InputError
 from bertkit.heads import BertForMaskedLM
 from bertkit.tokenizer import Tokenizer
@@ -18,15 +19,19 @@ class Candidate(NamedTuple):
 
 
 class FillMask:
-    def __init__(self, model: BertForMaskedLM, tokenizer: Tokenizer):
+    def __init__(self, model: BertForMaskedLM, tokenizer: Tokenizer, *, device: str | torch.device | None = None):
+        """device: where to run the model (auto, cpu, cuda, cuda:N, mps); None leaves it where it is."""
+        if device is not None:
+            model = model.to(resolve_device(device))
         self.model = model.eval()
+        self.device = model_device(self.model)
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike) -> FillMask:
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "auto") -> FillMask:
         model = BertForMaskedLM.from_pretrained(
             path, require=("mlm.", "masked-LM head (cls.predictions), so it cannot fill masks"))
-        return cls(model, Tokenizer.from_pretrained(path))
+        return cls(model, Tokenizer.from_pretrained(path), device=device)
 
     @torch.inference_mode()
     def __call__(self, text: str, *, top_k: int = 5) -> list[list[Candidate]]:
@@ -37,8 +42,10 @@ class FillMask:
         where = (enc["input_ids"][0] == self.tokenizer.mask_token_id).nonzero().flatten()
         if len(where) == 0:
             raise InputError(f"no [MASK] token in {text!r}")
-        logits = self.model(enc["input_ids"], enc["token_type_ids"], enc["attention_mask"]).logits[0]  # (T, V)
-        probs = logits[where].softmax(-1)  # (masks, V)
+        batch = to_device({k: enc[k] for k in ("input_ids", "token_type_ids", "attention_mask")}, self.device)
+        with inference_autocast(self.device):
+            logits = self.model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits[0]  # (T, V)
+        probs = logits[where.to(self.device)].float().softmax(-1).cpu()  # (masks, V), float32 on the CPU
         top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         return [
             [Candidate(self.tokenizer.convert_ids_to_tokens(int(i)), float(p)) for p, i in zip(ps, ids)]

@@ -54,7 +54,7 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config: TrainCo
     try:
         start_run(train_config, world)  # before any reading: a refused --out costs nothing
         train_config = adapt_to_checkpoint(train_config, world)
-        device = distributed.device_for(world)
+        device = distributed.device_for(world, train_config.device)
         say = print if world.is_main else (lambda *a, **k: None)
         task = make_task(args.task, options)
         data = read_data(task, args)
@@ -64,7 +64,8 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config: TrainCo
                                 evaluates=bool(data.dev_examples))
         model = build_model(task, args, data, seed=train_config.seed).to(device)
         say(f"{config.steps} steps ({args.epochs:g} epochs of {config.save_every}) of "
-            f"{config.batch_size * config.grad_accum * world.world_size} sequences, lr {config.lr:g}, "
+            f"{config.batch_size * config.grad_accum * world.world_size} "
+            f"{'examples' if task.name in ('embed', 'choice') else 'sequences'}, lr {config.lr:g}, "
             f"{'loaded' if data.same_head else 'new'} {task.architecture} head"
             f"{', all weights re-initialised' if args.random_init else ''}, {device.type}", flush=True)
 

@@ -176,7 +176,9 @@ class BertForQuestionAnswering(Pretrained):
     def forward(
         self, input_ids, token_type_ids=None, attention_mask=None, start_positions=None, end_positions=None
     ) -> SpanOutput:
-        hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, C)
+        # padded: this head's own loss is a softmax over every position, padding included, as in
+        # transformers (task training masks padding itself: tasks/qa.py), so padding must be computed
+        hidden = self.bert(input_ids, token_type_ids, attention_mask, unpadded=False).last_hidden_state  # (B, T, C)
         start, end = self.qa(hidden).unbind(-1)  # (B, T) each
         loss = None
         if start_positions is not None and end_positions is not None:

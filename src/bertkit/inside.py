@@ -30,6 +30,7 @@ import numpy as np
 import torch
 
 from bertkit import fileio
+from bertkit.devices import model_device, to_device, to_numpy
 from bertkit.embedding import Embedder, length_batches
 from bertkit.errors import InputError
 from bertkit.model import BertModel
@@ -60,17 +61,18 @@ class TokenVector(NamedTuple):
 
 
 @lru_cache(maxsize=4)
-def _cached(path: str | None) -> Embedder:
-    return Embedder.from_pretrained(path)
+def _cached(path: str | None, device: str = "auto") -> Embedder:
+    return Embedder.from_pretrained(path, device=device)
 
 
-def load(model: ModelArg) -> Embedder:
+def load(model: ModelArg, device: str = "auto") -> Embedder:
     """`model` as an Embedder: a checkpoint directory or model name, in the plain or the
     sentence-transformers layout (loaded once and cached), an Embedder, or None for the built-in
     all-MiniLM-L6-v2. Its encoder (`.model.bert`) and tokenizer are what this module reads, and its
     length limit (a sentence-transformers folder's max_seq_length, 256 for all-MiniLM-L6-v2) applies,
-    as sentence-transformers' own token embeddings are cut there."""
-    return model if isinstance(model, Embedder) else _cached(None if model is None else str(model))
+    as sentence-transformers' own token embeddings are cut there. device: where a loaded model runs
+    (an Embedder runs where it is)."""
+    return model if isinstance(model, Embedder) else _cached(None if model is None else str(model), str(device))
 
 
 def check_index(name: str, index: int, count: int, what: str) -> int:
@@ -93,12 +95,13 @@ def token_vectors(
     batch_size: int = 32,
     max_length: int | None = None,
     normalize: bool = False,
+    device: str = "auto",
 ) -> list[list[TokenVector]]:
     """Contextual vectors of every word piece of every text, [CLS] and [SEP] included.
 
     layer indexes the hidden states: 0 the embeddings' output, 1..L the layers', -1 the last (the
     model's last_hidden_state), -2 the one before. normalize=True scales each vector to unit length
-    (then a dot product is the cosine). A single string gives a list with one entry.
+    (then a dot product is the cosine). A single string gives a list with one entry. device: as `load`.
     """
     if isinstance(texts, str):
         texts = [texts]
@@ -107,7 +110,7 @@ def token_vectors(
         if not isinstance(text, str):
             raise InputError(f"texts[{i}] is {type(text).__name__}, expected a string")
     at_least("batch_size", batch_size, 1)
-    embedder = load(model)
+    embedder = load(model, device)
     encoder, tokenizer = embedder.model.bert.eval(), embedder.tokenizer
     index = check_layer(layer, encoder.config.num_hidden_layers)
     # The texts as they are, no prompt and no lower-casing in front of the tokenizer, so that the
@@ -126,11 +129,11 @@ def token_vectors(
 def _hidden_rows(encoder: BertModel, rows: list[list[int]], pad_id: int, index: int,
                  normalize: bool) -> list[np.ndarray]:
     """The hidden states `index` of each row, its real tokens only: (T_i, C) float32 each."""
-    batch = pad_inputs(rows, pad_id)  # input_ids, attention_mask: (B, T) each
+    batch = to_device(pad_inputs(rows, pad_id), model_device(encoder))  # input_ids, attention_mask: (B, T) each
     hidden = encoder(**batch, output_hidden_states=True).hidden_states[index]  # (B, T, C)
     if normalize:
         hidden = torch.nn.functional.normalize(hidden, dim=-1)
-    hidden = hidden.float().numpy()
+    hidden = to_numpy(hidden)
     return [hidden[b, : len(r)] for b, r in enumerate(rows)]
 
 
@@ -163,29 +166,32 @@ class Attention(NamedTuple):
 
 @torch.inference_mode()
 def attention_weights(text: str, model: ModelArg = None, *, layer: int = -1, pair: str | None = None,
-                      max_length: int | None = None) -> Attention:
+                      max_length: int | None = None, device: str = "auto") -> Attention:
     """The attention weights of every head of one layer (0..L-1, or negative from the end) for `text`
     (and `pair`, the second segment of a sentence pair)."""
     for name, value in (("text", text), ("pair", pair)):
         if value is not None and not isinstance(value, str):
             raise InputError(f"{name} is {type(value).__name__}, expected a string")
-    embedder = load(model)
+        if value is not None and not value.strip():
+            raise InputError(f"the {name} is empty: give a sentence to draw its attention")
+    embedder = load(model, device)
     encoder, tokenizer = embedder.model.bert.eval(), embedder.tokenizer
     index = check_index("layer", layer, encoder.config.num_hidden_layers, "layers")
     batch = tokenizer(text, pair, truncation=True, max_length=embedder._limit(max_length), return_tensors="pt")
-    attentions = encoder(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
-                         output_attentions=True).attentions  # L × (1, H, T, T)
+    on_device = to_device({k: batch[k] for k in ("input_ids", "token_type_ids")}, model_device(encoder))
+    attentions = encoder(**on_device, output_attentions=True).attentions  # L × (1, H, T, T)
     return Attention(tokenizer.convert_ids_to_tokens(batch["input_ids"][0].tolist()),
-                     attentions[index][0].float().numpy(), index, len(attentions))
+                     to_numpy(attentions[index][0]), index, len(attentions))
 
 
 def attention_map(text: str, model: ModelArg = None, layer: int = -1, head: int | None = None, *,
-                  out: str | os.PathLike, pair: str | None = None, max_length: int | None = None) -> Path:
+                  out: str | os.PathLike, pair: str | None = None, max_length: int | None = None,
+                  device: str = "auto") -> Path:
     """Draw one head of one layer (or, head=None, every head of the layer in a grid) to `out`
     (.png, .pdf or .svg), written atomically; returns the path."""
     path = check_figure_path("out", out)
     fileio.check_output_file(path)
-    att = attention_weights(text, model, layer=layer, pair=pair, max_length=max_length)
+    att = attention_weights(text, model, layer=layer, pair=pair, max_length=max_length, device=device)
     heads = None if head is None else [check_index("head", head, att.weights.shape[0], "attention heads")]
     figure = draw(att, heads)
     with _quiet_missing_glyphs(), fileio.atomic_write(path, "wb") as f:

@@ -20,10 +20,12 @@ import torch
 
 from bertkit import distributed
 from bertkit.config import BertConfig
+from bertkit.devices import inference_autocast, model_device, resolve_device
 from bertkit.distributed import World
 from bertkit.errors import CheckpointError, InputError
 from bertkit.fileio import check_input_file, read_lines, write_text_atomically
 from bertkit.heads import HEADS
+from bertkit.sentence import load_tokenizer, read_settings
 from bertkit.tasks import DataOptions, Task, make_task, task_for_architecture
 from bertkit.tasks.base import BadInput, Featurized, model_outputs
 from bertkit.tokenizer import Tokenizer
@@ -75,11 +77,17 @@ def check_max_length(max_length: int, config: BertConfig) -> None:
 
 
 def load_finetuned(model_dir: str | Path, overrides: dict[str, Any] | None = None, *,
-                   device: str | torch.device | None = None) -> Loaded:
-    """A fine-tuned checkpoint with its task, reading options and tokenizer."""
+                   device: str | torch.device | None = "auto") -> Loaded:
+    """A fine-tuned checkpoint with its task, reading options and tokenizer, on `device` (None or
+    auto: a GPU if there is one, else the CPU)."""
     config = BertConfig.load(model_dir)
     architecture = (config.architectures or ["BertModel"])[0]
-    task_name = saved_settings(config).get("task") or task_for_architecture(architecture)
+    task_name = saved_settings(config).get("task")
+    if task_name is None and architecture == "BertModel":  # a plain encoder or a sentence-transformers
+        task_name = "embed"  # model: the one task it can be scored on as it is (zero-shot retrieval)
+        given = {k: v for k, v in (overrides or {}).items() if v is not None}
+        overrides = {"max_length": _encoder_max_length(model_dir, config), **given}
+    task_name = task_name or task_for_architecture(architecture)
     options = options_for(config, overrides)
     if config.problem_type == "regression":
         options.regression = True
@@ -89,9 +97,16 @@ def load_finetuned(model_dir: str | Path, overrides: dict[str, Any] | None = Non
     if architecture != head.architecture:
         raise InputError(f"{model_dir}: a {architecture} checkpoint, not a {task.name} model")
     model = head.from_pretrained(model_dir).eval()
-    if device is not None:
-        model.to(device)
-    return Loaded(task, model, Tokenizer.from_pretrained(model_dir), model.config)
+    model.to(resolve_device(device))
+    tokenizer = load_tokenizer(model_dir) if task.name == "embed" else Tokenizer.from_pretrained(model_dir)
+    return Loaded(task, model, tokenizer, model.config)
+
+
+def _encoder_max_length(model_dir: str | Path, config: BertConfig) -> int:
+    """What an encoder without bertkit's settings reads: its sentence-transformers max_seq_length,
+    else its positions' limit."""
+    settings, _ = read_settings(model_dir)
+    return settings.max_seq_length or min(512, config.max_position_embeddings)
 
 
 # ---- prediction and evaluation ------------------------------------------------------------------------
@@ -100,12 +115,14 @@ def load_finetuned(model_dir: str | Path, overrides: dict[str, Any] | None = Non
 def predict_examples(task: Task, model, tokenizer, examples: list, featurized: Featurized | None = None,
                      batch_size: int = 64, *, progress: bool = False, world: World | None = None) -> list:
     """Predictions for `examples`; under torchrun (`world`) each process runs the model on its share
-    of the features and every process gets all the outputs back."""
+    of the features and every process gets all the outputs back. The model runs where it is, in
+    bf16 autocast on a GPU that has it (devices.inference_autocast); outputs are float32."""
     featurized = featurized or task.featurize(examples, tokenizer, model.config, BadInput())
 
     def run(features: list) -> list:
-        return model_outputs(lambda b: task.outputs(model, b), model, features,
-                             pad_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress)
+        with inference_autocast(model_device(model)):
+            return model_outputs(lambda b: task.outputs(model, b), model, features,
+                                 pad_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress)
 
     outputs = shared_outputs(run, featurized.features, world or World())
     return task.postprocess(examples, featurized.features, outputs, model.config)
@@ -138,8 +155,8 @@ def long_inputs(task: Task, featurized: Featurized) -> str:
 
 
 def run_evaluate(model_dir: str, data: Path, overrides: dict[str, Any], *, batch_size: int = 64,
-                 as_json: bool = False) -> dict[str, float]:
-    loaded = load_finetuned(model_dir, overrides)
+                 as_json: bool = False, device: str = "auto") -> dict[str, float]:
+    loaded = load_finetuned(model_dir, overrides, device=device)
     bad = BadInput(loaded.task.options.skip_bad_lines)
     examples = loaded.task.read(data, bad)
     featurized = loaded.task.featurize(examples, loaded.tokenizer, loaded.config, bad)
@@ -155,9 +172,9 @@ def run_evaluate(model_dir: str, data: Path, overrides: dict[str, Any], *, batch
 
 
 def run_predict(model_dir: str, source: str, output: str, overrides: dict[str, Any], *,
-                batch_size: int = 64) -> int:
+                batch_size: int = 64, device: str = "auto") -> int:
     """Predictions as JSONL, one line per input, to `output` ('-' for stdout)."""
-    loaded = load_finetuned(model_dir, overrides)
+    loaded = load_finetuned(model_dir, overrides, device=device)
     bad = BadInput(loaded.task.options.skip_bad_lines)
     examples = read_inputs(loaded.task, source, bad)
     featurized = loaded.task.featurize(examples, loaded.tokenizer, loaded.config, bad)

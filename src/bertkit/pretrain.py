@@ -192,6 +192,13 @@ def mlm_baselines(train, eval_source, batch_size: int, mask_token_id: int) -> di
     return {f"{k}_baseline": hits[k] / totals[k] if totals[k] else float("nan") for k in hits}
 
 
+def evaluation_masking(config):
+    """Held-out evaluation always masks as the paper does (15%, 80/10/10; the run's seed and
+    whole-word choice): runs trained with another --mask-rate or --mask-split are then scored on the
+    same positions against the same baselines, and compare."""
+    return dataclasses.replace(config, mask_rate=0.15, mask_split="bert", max_predictions_per_seq=None)
+
+
 def describe_length(config) -> str:
     if config.time_budget is None:
         return f"{config.steps} steps"
@@ -219,11 +226,11 @@ def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
         train_config.check_steps()
         start_run(train_config, world)  # before any reading: a refused --out costs nothing
         train_config = adapt_to_checkpoint(train_config, world)
-        device = distributed.device_for(world)
+        device = distributed.device_for(world, train_config.device)
         meta, train, valid, tok = load_prepared(args.data)
         data_config = dataclasses.replace(args, seed=train_config.seed)  # a run has one seed
         train_source = PretrainingBatches(train, tok, data_config)
-        valid_source = PretrainingBatches(valid, tok, data_config, drop_last=False)
+        valid_source = PretrainingBatches(valid, tok, evaluation_masking(data_config), drop_last=False)
         guard_not_empty(train_source.num_batches(0, train_config.batch_size, world_size=world.world_size),
                         f"{args.data}/train")
         torch.manual_seed(train_config.seed)  # the same initial weights on every process

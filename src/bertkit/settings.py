@@ -66,7 +66,8 @@ class TrainConfig:
     steps: int = 1000
     """Number of optimiser steps."""
     batch_size: int = 32
-    """Sequences per process per micro-batch."""
+    """Sequences per process per micro-batch (finetune --task embed: examples, each anchor, positive and
+    any negatives)."""
     grad_accum: int = 1
     """Micro-batches accumulated into one optimiser step."""
     lr: float = 1e-4
@@ -113,10 +114,14 @@ class TrainConfig:
     """Train for this long (90m, 2h, 3600s...): warm-up (a fraction) and decay are laid over
     wall-clock time, and the run stops with a final evaluation and a saved model when it is spent
     (--steps is then not used). Resuming continues the clock."""
+    device: str = "auto"
+    """Where training runs: auto (under torchrun one GPU per process when there is CUDA, else the
+    CPU), cpu, cuda, cuda:N or mps."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
         check_train_config(self)
+        check_device(self.device)
         if self.best_metric:
             lower_is_better(self.best_metric)  # an unknown metric is refused before any work
 
@@ -454,6 +459,31 @@ class ModelChoice:
     all-MiniLM-L6-v2."""
 
 
+DEVICE_KINDS = ("auto", "cpu", "cuda", "mps")  # and cuda:N; bertkit.devices.resolve_device reads them
+
+
+def check_device(spec: object) -> str:
+    """--device's spelling: auto, cpu, cuda, cuda:N or mps. Whether this machine has it is
+    bertkit.devices.resolve_device's question, at run time (here torch is not imported)."""
+    text = spec if isinstance(spec, str) else ""
+    kind, colon, index = text.partition(":")
+    if text in DEVICE_KINDS or (kind == "cuda" and colon and index.isdigit() and index.isascii()):
+        return text
+    raise InputError(f"--device must be auto, cpu, cuda, cuda:N (N a GPU's number) or mps; got {spec!r}")
+
+
+@dataclass
+class DeviceChoice:
+    """A command that runs a model: on which device (the commands' --device)."""
+
+    device: str = "auto"
+    """Where the model runs: auto (cuda if there is a GPU, else mps, else cpu), cpu, cuda, cuda:N or mps.
+    On a GPU with bf16 the model runs in bf16 autocast; the outputs are float32 either way."""
+
+    def __post_init__(self) -> None:
+        check_device(self.device)
+
+
 # output precisions of `bertkit embed` (bertkit.embedding.quantize), sentence-transformers' names
 EMBED_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 
@@ -519,9 +549,10 @@ class EmbedArgs(ModelChoice):
         if self.dimensions is not None:
             at_least("dimensions", self.dimensions, 1)
         one_of("precision", self.precision, EMBED_PRECISIONS)
-        if self.tokens and (self.pooling or self.dimensions or self.precision != "float32"):
-            raise InputError("--pooling, --dimensions and --precision shape sentence vectors; --tokens writes "
-                             "one vector per word piece")
+        if self.tokens and (self.pooling or self.dimensions or self.precision != "float32"
+                            or self.prompt is not None or self.prompt_name is not None):
+            raise InputError("--pooling, --prompt, --prompt-name, --dimensions and --precision shape sentence "
+                             "vectors; --tokens writes one vector per word piece of the text as it is")
 
 
 @dataclass
@@ -683,7 +714,8 @@ class SearchArgs:
     json: bool = False
     """Print one JSON line per query: {"query", "results": [{"id", "score", "text"}]}."""
     model: str | None = None
-    """Embed the queries with this model instead of the index's own (same dimension)."""
+    """Where the index's model is now, when it moved (the same weights: another model's vectors would
+    not compare with the passages')."""
     exact: bool = False
     """Search every vector, even where the index has an HNSW graph."""
     expansion_search: int | None = None

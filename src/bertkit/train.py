@@ -26,6 +26,7 @@ from torch import Tensor, nn
 
 from bertkit import distributed, runs
 from bertkit.best import last_evaluated, save_final, should_stop, validate
+from bertkit.devices import bf16_supported, to_device
 from bertkit.distributed import World
 from bertkit.errors import BertkitError
 from bertkit.metrics_log import MetricsLog, progress_bar
@@ -57,26 +58,36 @@ class Objective(Protocol):
 # ---- small pure pieces ------------------------------------------------------------------------------
 
 
-def bf16_supported(device: torch.device) -> bool:
-    """Native bf16 matrix units: CUDA with bf16, or a CPU with AVX512-BF16 or AMX."""
-    if device.type == "cuda":
-        return torch.cuda.is_bf16_supported()
-    try:
-        flags = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return False
-    return " avx512_bf16" in flags or " amx_bf16" in flags
-
-
 def use_bf16(precision: str, device: torch.device) -> bool:
     if precision not in PRECISIONS:
         raise BertkitError(f"unknown precision {precision!r}; choose {', '.join(PRECISIONS)}")
     return precision == "bf16" or (precision == "auto" and bf16_supported(device))
 
 
-def _add(into: dict[str, float], values: dict[str, float | Tensor]) -> None:
+def _add(into: dict[str, float | Tensor], values: dict[str, float | Tensor]) -> None:
+    """Add `values` into the sums `into`. A tensor stays where it is, as float64: reading it with
+    float() would wait for the GPU (a host-device sync per micro-batch); float64 holds what float()
+    gives exactly, so the sums come out bit for bit as Python floats would (`_floats` reads them)."""
     for k, v in values.items():
-        into[k] = into.get(k, 0.0) + float(v)
+        into[k] = into.get(k, 0.0) + _exact(v)
+
+
+def _exact(v: float | Tensor) -> float | Tensor:
+    if not isinstance(v, Tensor):
+        return float(v)
+    if v.device.type == "mps":  # MPS has no float64: read it now
+        return float(v)
+    return v.detach().to(torch.float64)
+
+
+def _floats(sums: dict[str, float | Tensor]) -> dict[str, float]:
+    """The sums as Python floats, the tensors among them read from their device in one transfer."""
+    keys = [k for k, v in sums.items() if isinstance(v, Tensor)]
+    if not keys:
+        return dict(sums)  # type: ignore[arg-type]
+    device = sums[keys[0]].device  # type: ignore[union-attr]
+    values = torch.stack([sums[k].to(device) for k in keys]).tolist()  # type: ignore[union-attr]
+    return {**sums, **dict(zip(keys, values))}
 
 
 def reduce_sums(sums: dict[str, float], world: World) -> dict[str, float]:
@@ -127,6 +138,7 @@ def fit(objective: Objective, source: BatchSource, config: TrainConfig, *,
         return source.num_batches(epoch, config.batch_size, rank=world.rank, world_size=world.world_size)
 
     def checkpoint() -> Path | None:
+        state.window = _floats(state.window)  # a checkpoint holds plain numbers
         return runs.save_checkpoint(objective.model, optimizer, scheduler, state, config, world,
                                     tokenizer=tokenizer)
 
@@ -198,18 +210,21 @@ def _due(every: int, step: int, last: bool) -> bool:
     return bool(every) and step % every == 0 and not last
 
 
-def _train_step(module, objective, source, positions, config, world, device, autocast) -> dict[str, float]:
-    """Accumulate gradients over the micro-batches at `positions`; return the step's metric sums."""
-    batches = [
-        {k: v.to(device) for k, v in
-         source.batch(p.epoch, p.index, config.batch_size, rank=world.rank, world_size=world.world_size).items()}
-        for p in positions
-    ]
+def _train_step(module, objective, source, positions, config, world, device, autocast) -> dict[str, float | Tensor]:
+    """Accumulate gradients over the micro-batches at `positions`; return the step's metric sums
+    (tensors on the device, read only when a row is logged: the step itself never waits for the GPU).
+
+    The counts and real tokens come from the batches while they are still on the CPU, so they cost
+    no sync either; the batches then go to the device (pinned, non-blocking on CUDA)."""
+    on_cpu = [source.batch(p.epoch, p.index, config.batch_size, rank=world.rank, world_size=world.world_size)
+              for p in positions]
     counts: dict[str, float] = {}
-    for b in batches:
+    for b in on_cpu:
         _add(counts, objective.counts(b))
+    tokens = [float(b["attention_mask"].sum()) for b in on_cpu]
+    batches = [to_device(b, device) for b in on_cpu]
     global_counts = reduce_sums(counts, world)
-    sums: dict[str, float] = {f"n_{k}": v for k, v in counts.items()}
+    sums: dict[str, float | Tensor] = {f"n_{k}": v for k, v in counts.items()}
     for i, batch in enumerate(batches):
         sync = not world.distributed or i == len(batches) - 1
         with (contextlib.nullcontext() if sync else module.no_sync()), autocast:
@@ -217,15 +232,15 @@ def _train_step(module, objective, source, positions, config, world, device, aut
         # DDP averages gradients over processes; scaling by world_size turns that into a sum.
         loss = sum(out.losses[k] / max(global_counts[k], 1.0) for k in out.losses) * world.world_size
         loss.backward()
-        _add(sums, {f"loss_{k}": v.detach() for k, v in out.losses.items()})
-        _add(sums, {k: v.detach() for k, v in out.metrics.items()})
-        sums["tokens"] = sums.get("tokens", 0.0) + float(batch["attention_mask"].sum())
+        _add(sums, {f"loss_{k}": v for k, v in out.losses.items()})
+        _add(sums, out.metrics)
+        _add(sums, {"tokens": tokens[i]})
     if config.max_grad_norm:
-        sums["grad_norm"] = float(torch.nn.utils.clip_grad_norm_(objective.model.parameters(), config.max_grad_norm))
+        _add(sums, {"grad_norm": torch.nn.utils.clip_grad_norm_(objective.model.parameters(), config.max_grad_norm)})
     return sums
 
 
-def _advance(state: TrainState, last: Position, sums: dict[str, float]) -> None:
+def _advance(state: TrainState, last: Position, sums: dict[str, float | Tensor]) -> None:
     """One optimiser step done: the data continues after `last`, its sums join the log window."""
     state.step += 1
     state.position = Position(last.epoch, last.index + 1)
@@ -236,6 +251,7 @@ def _advance(state: TrainState, last: Position, sums: dict[str, float]) -> None:
 def _log_window(objective: Objective, state: TrainState, log: MetricsLog, world: World, lr: float,
                 bar) -> None:
     """A train row of the steps since the last one (sums over processes), then a fresh window."""
+    state.window = _floats(state.window)  # the one host-device sync of the window
     seconds = log.lap()
     # grad_norm is the same on every process: averaged over the window's steps, not summed
     grad_norm = state.window.pop("grad_norm", None)
@@ -258,11 +274,10 @@ def evaluate_sums(objective: Objective, source: BatchSource, batch_size: int, wo
     sums: dict[str, float] = {}
     n = source.num_batches(epoch, batch_size, rank=world.rank, world_size=world.world_size)
     for i in range(n):
-        batch = {k: v.to(device) for k, v in
-                 source.batch(epoch, i, batch_size, rank=world.rank, world_size=world.world_size).items()}
+        on_cpu = source.batch(epoch, i, batch_size, rank=world.rank, world_size=world.world_size)
+        _add(sums, {f"n_{k}": v for k, v in objective.counts(on_cpu).items()})
         with autocast or contextlib.nullcontext():
-            out = objective(batch)
-        _add(sums, {f"n_{k}": v for k, v in objective.counts(batch).items()})
+            out = objective(to_device(on_cpu, device))
         _add(sums, {f"loss_{k}": v for k, v in out.losses.items()})
         _add(sums, out.metrics)
-    return objective.summarize(gather_sums(sums, world))
+    return objective.summarize(gather_sums(_floats(sums), world))

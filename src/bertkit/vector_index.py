@@ -41,7 +41,7 @@ import numpy as np
 
 from bertkit import fileio
 from bertkit.embedding import Embedder
-from bertkit.errors import InputError
+from bertkit.errors import BertkitError, InputError
 from bertkit.models import BUILTIN_MODEL, WEIGHT_SUFFIXES, resolve_model
 from bertkit.options import plural
 from bertkit.settings import HNSW_DEFAULTS, IndexArgs
@@ -325,8 +325,8 @@ class VectorIndex:
                        expansion_search: int | None = None) -> tuple[np.ndarray, np.ndarray]:
         """Query vectors (Q, D) -> scores (Q, k') and rows (Q, k'), best first, k' = min(k, count).
         exact=None: the index's kind (HNSW for an approximate index); True: every vector."""
-        if k < 1:
-            raise InputError(f"-k must be at least 1, got {k}")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise InputError(f"-k must be an integer of at least 1, got {k!r}")
         queries = np.asarray(queries, dtype=np.float32).reshape(-1, self.dim)  # (Q, D)
         if exact or (exact is None and self.kind == "exact") or self.manifest.get("hnsw") is None:
             return exact_top_k(self.chunks(), queries, k)
@@ -352,23 +352,40 @@ class VectorIndex:
     def _offsets(self, part: int) -> np.ndarray:
         return np.load(self.path / f"{TEXTS}/{part:03d}.offsets.npy", mmap_mode="r", allow_pickle=False)
 
-    def embedder(self, model: str | os.PathLike | None = None) -> Embedder:
-        """The index's model (or `model`, which must give vectors of the same dimension)."""
-        embedder = _load_embedder(str(model) if model is not None else self.manifest["model"])
+    def embedder(self, model: str | os.PathLike | None = None, *, device: str = "auto") -> Embedder:
+        """The index's model, or `model`: the same weights found elsewhere (the index's folder moved);
+        a different model's query vectors would not compare with the passages', so it is refused."""
+        if model is None:
+            try:
+                found = resolve_model(self.manifest["model"]).is_dir()
+            except BertkitError:
+                found = False
+            if not found:
+                raise InputError(f"{self.path}: the index's model {self.manifest['model']} is not there any more; "
+                                 "give --model where it is now")
+        else:
+            directory = resolve_model(model)
+            if not directory.is_dir():
+                raise InputError(f"--model {model}: no such model folder")
+            if self.manifest.get("model_fingerprint") not in (None, model_fingerprint(directory)):
+                raise InputError(f"--model {model}: not the model the index at {self.path} was built with "
+                                 f"({self.manifest['model']}); queries and passages must be embedded by one model")
+        embedder = _load_embedder(str(model) if model is not None else self.manifest["model"], device)
         if embedder.dim != self.dim:
             raise InputError(f"--model {model}: gives vectors of dimension {embedder.dim}, the index at {self.path} "
                              f"holds dimension {self.dim}")
         return embedder
 
     def search(self, queries: str | Sequence[str], k: int = 10, *, model: str | os.PathLike | None = None,
-               exact: bool | None = None, expansion_search: int | None = None, batch_size: int = 32):
+               exact: bool | None = None, expansion_search: int | None = None, batch_size: int = 32,
+               device: str = "auto"):
         """Top-k passages per query: a list (per query) of [{"id", "score", "text"}, ...], best first;
-        a single string query gives one list."""
+        a single string query gives one list. device: where the queries are embedded."""
         if isinstance(queries, str):
             return self.search([queries], k, model=model, exact=exact, expansion_search=expansion_search,
-                               batch_size=batch_size)[0]
+                               batch_size=batch_size, device=device)[0]
         queries = list(queries)
-        embedder = self.embedder(model)
+        embedder = self.embedder(model, device=device)
         vectors = embedder(queries, batch_size=batch_size, max_length=self.manifest["settings"]["max_length"],
                            normalize=True, **prompt_kwargs(embedder, "query"))  # (Q, D)
         scores, rows = self.search_vectors(vectors, k, exact=exact, expansion_search=expansion_search)
@@ -381,8 +398,8 @@ class VectorIndex:
 
 
 @lru_cache(maxsize=2)
-def _load_embedder(model: str) -> Embedder:
-    return Embedder.from_pretrained(resolve_model(model))
+def _load_embedder(model: str, device: str = "auto") -> Embedder:
+    return Embedder.from_pretrained(resolve_model(model), device=device)
 
 
 def prompt_kwargs(embedder: Embedder, kind: str) -> dict[str, str]:
@@ -396,7 +413,7 @@ def prompt_kwargs(embedder: Embedder, kind: str) -> dict[str, str]:
 def search(index: str | os.PathLike | VectorIndex, queries: str | Sequence[str], k: int = 10,
            **options: Any) -> list[list[dict[str, Any]]] | list[dict[str, Any]]:
     """`bertkit search` in Python: [{"id", "score", "text"}, ...] per query, best first (one list
-    for a single string). `options`: model, exact, expansion_search, batch_size (VectorIndex.search)."""
+    for a single string). `options`: model, exact, expansion_search, batch_size, device (VectorIndex.search)."""
     index = index if isinstance(index, VectorIndex) else VectorIndex(index)
     return index.search(queries, k, **options)
 
@@ -405,16 +422,17 @@ def search(index: str | os.PathLike | VectorIndex, queries: str | Sequence[str],
 
 
 def build_index(corpus: str | os.PathLike | Sequence[str | os.PathLike], model: str | os.PathLike | None = None,
-                *, out: str | os.PathLike, say: Say = _stderr, **options: Any) -> VectorIndex:
+                *, out: str | os.PathLike, say: Say = _stderr, device: str = "auto", **options: Any) -> VectorIndex:
     """`bertkit index` in Python: embed the corpus files into the index folder `out` (options as
-    IndexArgs: add, overwrite, batch_size, max_length, exact, approximate, chunk_size, ...)."""
+    IndexArgs: add, overwrite, batch_size, max_length, exact, approximate, chunk_size, ...), the
+    model on `device`."""
     files = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
     args = IndexArgs(corpus=[Path(f) for f in files], out=Path(out),
                      model=None if model is None else str(model), **options)
-    return run_index(args, say=say)
+    return run_index(args, say=say, device=device)
 
 
-def run_index(a: IndexArgs, *, say: Say = _stderr) -> VectorIndex:
+def run_index(a: IndexArgs, *, say: Say = _stderr, device: str = "auto") -> VectorIndex:
     """Read and check the corpus, then embed chunk by chunk, resuming an unfinished build of the
     same corpus; then build or extend the HNSW graph when the index is approximate."""
     files = [fileio.check_input_file(f) for f in a.corpus]
@@ -423,7 +441,7 @@ def run_index(a: IndexArgs, *, say: Say = _stderr) -> VectorIndex:
         if not passages:
             raise InputError(f"{name}: no passages (a text file has one per line; JSONL a {a.text_field!r} field)")
     manifest, part = _start_or_resume(a, files, read, say)
-    embedder = _load_embedder(_model_name(a.model) if a.model is not None else manifest["model"])
+    embedder = _load_embedder(_model_name(a.model) if a.model is not None else manifest["model"], device)
     if embedder.dim != manifest["dimension"]:
         raise InputError(f"--model {a.model}: gives vectors of dimension {embedder.dim}, the index at {a.out} "
                          f"holds dimension {manifest['dimension']}")
@@ -524,7 +542,7 @@ def _new_manifest(a: IndexArgs, read: list[tuple[str, list[Passage]]]) -> dict[s
     # imported the package before this module
     version = sys.modules["bertkit"].__version__
     directory = resolve_model(a.model)
-    embedder = _load_embedder(_model_name(a.model))
+    embedder = _load_embedder(_model_name(a.model), "cpu")  # for its dimension and prompts only
     return {"format": FORMAT, "format_version": FORMAT_VERSION, "bertkit_version": version,
             "model": _model_name(a.model), "model_fingerprint": model_fingerprint(directory),
             "dimension": embedder.dim, "count": 0, "normalized": True,

@@ -387,6 +387,15 @@ def test_cached_loss_on_several_processes_is_refused_in_one_line(monkeypatch):
         task.objective(_encoder(0.0))
 
 
+def test_matryoshka_dims_larger_than_the_model_are_refused_before_training():
+    """Regression: --matryoshka-dims 999 on a 384-dimension model was refused only by the first
+    step's loss, after the run had started."""
+    task = Embed(DataOptions(matryoshka_dims="999,32,16"))
+    task.scored = False
+    with pytest.raises(InputError, match="--matryoshka-dims 999: more than the model's 32 dimensions"):
+        task.objective(_encoder(0.0))
+
+
 @pytest.mark.slow
 def test_minilm_fine_tuned_loads_in_sentence_transformers_with_equal_vectors(tmp_path, minilm_dir):
     from sentence_transformers import SentenceTransformer
@@ -437,3 +446,14 @@ def test_two_processes_with_gathered_negatives_match_one_process_with_double_bat
     assert len(one) == 4
     assert losses["two"] == pytest.approx(one, abs=1e-4)
     assert losses["apart"][0] < one[0] - 1e-3  # 4 candidates per anchor instead of 8: an easier loss
+
+
+def test_a_plain_encoder_or_st_model_is_scored_zero_shot(tiny_model_dir, minilm_dir):
+    """`bertkit evaluate --model all-MiniLM-L6-v2 --data pairs.tsv`: the baseline before fine-tuning."""
+    from bertkit.predict import load_finetuned
+
+    minilm = load_finetuned(minilm_dir, {"max_length": None}, device="cpu")
+    assert minilm.task.name == "embed" and minilm.task.options.max_length == 256  # sentence_bert_config.json
+    assert load_finetuned(minilm_dir, {"max_length": 64}, device="cpu").task.options.max_length == 64
+    plain = load_finetuned(tiny_model_dir, device="cpu")
+    assert plain.task.name == "embed"

@@ -11,7 +11,7 @@ from dataclasses import dataclass
 
 from bertkit.errors import InputError
 from bertkit.options import at_least, in_range, not_empty
-from bertkit.settings import ModelChoice
+from bertkit.settings import ModelChoice, check_device
 
 API_KEY_VARIABLE = "BERTKIT_API_KEY"
 MAX_BODY_BYTES = 2 * 1024 * 1024
@@ -41,6 +41,9 @@ class ServeArgs(ModelChoice):
     api_key: str | None = None
     """Require `Authorization: Bearer KEY` on every endpoint but /health and the page at / (which asks for
     it); default: $BERTKIT_API_KEY, else none. Prefer the variable: a command line is visible to `ps`."""
+    device: str = "auto"
+    """Where the model runs: auto (cuda if there is a GPU, else mps, else cpu), cpu, cuda, cuda:N or mps.
+    On a GPU with bf16 the model runs in bf16 autocast; the outputs are float32 either way."""
 
     def __post_init__(self) -> None:
         if self.api_key is None:
@@ -52,6 +55,7 @@ class ServeArgs(ModelChoice):
         at_least("max_concurrent_requests", self.max_concurrent_requests, 1)
         at_least("max_client_batch_size", self.max_client_batch_size, 1)
         not_empty("api_key", self.api_key)
+        check_device(self.device)
         if self.api_key is not None and (self.api_key != self.api_key.strip() or not self.api_key.isprintable()
                                          or not self.api_key.isascii()):
             raise InputError("--api-key must be printable ASCII, without spaces at either end "

@@ -206,6 +206,11 @@ class Embed(Task):
         if o.mini_batch_size and current_world().distributed:
             raise InputError("--mini-batch-size (the cached loss) runs on one process only: bertkit cannot yet "
                              "replay its mini-batches under DDP; leave it out, or train on one process")
+        dim = getattr(model, "dim", None)  # a SentenceEncoder's vector size
+        too_big = [d for d in o.dims if dim is not None and d > dim]
+        if too_big:  # here, before a first step is taken, rather than in its loss
+            raise InputError(f"--matryoshka-dims {','.join(map(str, too_big))}: more than the model's {dim} "
+                             "dimensions")
         term = "cosine" if self.scored else "mnrl"
         step = EmbedStep(term, o.scale, o.symmetric, o.dims, o.mini_batch_size, world)
         return Objective(model, step, counts={term: count_examples}, report={})
@@ -401,9 +406,16 @@ def _table_rows(path: Path, lines: list[str], delimiter: str) -> Iterator[tuple[
         raise InputError(f"{path}:{reader.line_num}: {e}") from None
 
 
+# Column names of the other tasks' files: a first row of them is a header (and then an error naming
+# the columns), never a pair of texts — a classification file given to an embedding model says so.
+OTHER_TASK_FIELDS = ("text", "label", "labels", "sentence", "question", "context", "premise", "hypothesis",
+                     "text_pair", "gold_label")
+
+
 def is_header(row: list[str], given: tuple[str | None, ...]) -> bool:
-    """A first row is a header when it names a known column or one given on the command line."""
-    known = {*ANCHOR_FIELDS, *POSITIVE_FIELDS, *SCORE_FIELDS, *(g for g in given if g)}
+    """A first row is a header when it names a known column (this task's or another task's) or one
+    given on the command line."""
+    known = {*ANCHOR_FIELDS, *POSITIVE_FIELDS, *SCORE_FIELDS, *OTHER_TASK_FIELDS, *(g for g in given if g)}
     return any(f.strip() in known or NEGATIVE_COLUMN.fullmatch(f.strip()) for f in row)
 
 
