@@ -1,7 +1,7 @@
 # Set-up and everyday commands. Every target builds its own virtual environment in .venv first.
 #   make demo    install, then embed with the real all-MiniLM-L6-v2 and pretrain a small BERT on the Penn Treebank
 #   make test    install (with the test extras), then run the whole test suite
-#   make bench   install, then benchmark bertkit against transformers
+#   make bench   install, then benchmark bertkit against the other inference engines and transformers' pretraining
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
@@ -23,6 +23,7 @@ $(VENV)/.test: $(VENV)/.base
 	touch $@
 
 $(VENV)/.bench: $(VENV)/.test
+	$(BIN)/pip install -q -e '.[bench]'
 	touch $@
 
 .PHONY: demo test bench clean
@@ -33,7 +34,7 @@ test: $(VENV)/.test
 	$(BIN)/python -m pytest
 
 bench: $(VENV)/.bench
-	$(BIN)/python bench/inference.py
+	$(BIN)/python bench/engines.py
 	$(BIN)/python bench/pretrain.py
 
 clean:

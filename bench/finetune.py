@@ -9,7 +9,18 @@ epoch and saving the best model (bertkit also writes a resumable checkpoint ever
     python bench/finetune.py --task tag --model MINILM_DIR --train /tmp/wnut/train.conll --dev /tmp/wnut/dev.conll
 
 With --against random, the other side is bertkit again, from the same architecture with every
-weight re-initialised: what pretraining is worth on this task.
+weight re-initialised: what pretraining is worth on this task. With --against trainer, the other side
+is transformers' `Trainer` (its defaults: fused AdamW, linear schedule) over the same batches in the
+same order (a sequential sampler over bertkit's epoch order, bertkit's collate).
+
+With --interleave N, training speed alone, robust to a machine whose load changes: bertkit's
+train.fit and transformers' Trainer.train run N steps each, in two threads that take turns step by
+step (a baton: only one computes at a time); each side's step is the time from one step's start to
+the next one's (its data, forward, backward, clipping, optimiser, logging). Reported: the median
+step and the total over the steps after --warmup-steps, steps/s and real tokens/s of each side.
+
+    python bench/finetune.py --task classify --model MINILM_DIR --train /tmp/senti/train.csv \
+        --dev /tmp/senti/dev.csv --interleave 30
 """
 
 from __future__ import annotations
@@ -17,7 +28,10 @@ from __future__ import annotations
 import argparse
 import json
 import platform
+import statistics
+import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
@@ -31,7 +45,13 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--model", required=True, help="checkpoint to fine-tune (the same for both sides)")
     p.add_argument("--train", required=True, type=Path)
     p.add_argument("--dev", required=True, type=Path)
-    p.add_argument("--against", choices=["transformers", "random"], default="transformers")
+    p.add_argument("--against", choices=["transformers", "trainer", "random"], default="transformers",
+                   help="transformers: a plain loop around its model; trainer: its Trainer; random: bertkit "
+                        "from re-initialised weights")
+    p.add_argument("--interleave", type=int, default=0, metavar="STEPS",
+                   help="time STEPS training steps of bertkit and of transformers' Trainer, taking turns step by "
+                        "step, instead of two whole runs")
+    p.add_argument("--warmup-steps", type=int, default=3, help="with --interleave: untimed first steps of each side")
     p.add_argument("--epochs", type=int, default=2)
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--lr", type=float, default=5e-5)
@@ -97,7 +117,7 @@ def run_transformers(args, task, init: Path, work: Path) -> dict:
     import transformers
 
     from bertkit.config import BertConfig
-    from bertkit.optim import lr_factor, param_groups
+    from bertkit.optim import fused_option, lr_factor, param_groups
     from bertkit.predict import evaluate_examples
     from bertkit.tasks import BadInput
     from bertkit.tasks.base import FeatureBatches
@@ -116,7 +136,8 @@ def run_transformers(args, task, init: Path, work: Path) -> dict:
     per_epoch = source.num_batches(0, args.batch_size)
     steps = per_epoch * args.epochs
     warmup = int(args.warmup * steps)
-    optimizer = torch.optim.AdamW(param_groups(hf, 0.01), lr=args.lr, eps=1e-6)
+    groups = param_groups(hf, 0.01)
+    optimizer = torch.optim.AdamW(groups, lr=args.lr, eps=1e-6, **fused_option(groups))  # bertkit's optimiser
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda s: lr_factor(s, warmup=warmup, total=steps,
                                                                               schedule="linear"))
     reference = Reference(hf)
@@ -141,19 +162,226 @@ def run_transformers(args, task, init: Path, work: Path) -> dict:
     return {"name": "transformers", "seconds": time.perf_counter() - start, "epochs": epochs}
 
 
+# ---- transformers' Trainer over bertkit's batches ------------------------------------------------------
+
+
+def batch_order(source, batch_size: int, steps: int) -> list[int]:
+    """The feature indices of bertkit's first `steps` batches, batch after batch (FeatureBatches'
+    epoch order, a short last batch filled from the epoch's start)."""
+    per_epoch = source.num_batches(0, batch_size)
+    order = []
+    for s in range(steps):
+        epoch, index = divmod(s, per_epoch)
+        perm = source.order(epoch)
+        order += [int(perm[(index * batch_size + i) % len(perm)]) for i in range(batch_size)]
+    return order
+
+
+def make_trainer(args, task, init: Path, work: Path, steps: int, callbacks: list):
+    """transformers' Trainer with its defaults (fused AdamW, linear decay), bertkit's hyper-parameters
+    and bertkit's batches in bertkit's order."""
+    import transformers
+
+    from bertkit.config import BertConfig
+    from bertkit.tasks import BadInput
+    from bertkit.tasks.base import FeatureBatches, collate
+    from bertkit.tokenizer import Tokenizer
+
+    transformers.logging.set_verbosity_error()
+    hf_class = getattr(transformers, task.architecture.replace("Bert", "AutoModel", 1))
+    hf = hf_class.from_pretrained(init)
+    tokenizer = Tokenizer.from_pretrained(init)
+    features = task.featurize(task.read(args.train, BadInput()), tokenizer, BertConfig.load(init), BadInput()).features
+    source = FeatureBatches(features, pad_id=tokenizer.pad_token_id, seed=args.seed)
+    dataset = [features[i] for i in batch_order(source, args.batch_size, steps)]
+    training = transformers.TrainingArguments(
+        output_dir=str(work / "trainer"), per_device_train_batch_size=args.batch_size, max_steps=steps,
+        learning_rate=args.lr, warmup_steps=int(args.warmup * steps), lr_scheduler_type="linear",
+        weight_decay=0.01, adam_epsilon=1e-6, max_grad_norm=1.0, logging_steps=10, save_strategy="no",
+        eval_strategy="no", report_to="none", seed=args.seed, train_sampling_strategy="sequential",
+        dataloader_num_workers=0, dataloader_pin_memory=False, use_cpu=True, disable_tqdm=True)
+    return transformers.Trainer(model=hf, args=training, train_dataset=dataset, callbacks=callbacks,
+                                data_collator=lambda fs: collate(fs, tokenizer.pad_token_id)), source, tokenizer
+
+
+def run_trainer(args, task, init: Path, work: Path) -> dict:
+    """Trainer.train over the same epochs, evaluated after each (bertkit's task unit) from a callback."""
+    import transformers
+
+    from bertkit.config import BertConfig
+    from bertkit.predict import evaluate_examples
+    from bertkit.tasks import BadInput
+    from bertkit.tokenizer import Tokenizer
+
+    start = time.perf_counter()
+    tokenizer = Tokenizer.from_pretrained(init)
+    config = BertConfig.load(init)
+    dev_examples = task.read(args.dev, BadInput())
+    dev = task.featurize(dev_examples, tokenizer, config, BadInput())
+    epochs: list[dict] = []
+
+    class EvaluateEachEpoch(transformers.TrainerCallback):
+        def on_step_end(self, _args, state, control, model=None, **kwargs):
+            if state.global_step % per_epoch == 0:
+                reference = Reference(model)
+                reference.config = config
+                metrics = evaluate_examples(task, reference, tokenizer, dev_examples, dev)
+                if all(metrics[task.metric] > e[task.metric] for e in epochs):
+                    model.save_pretrained(work / "trainer-best")
+                epochs.append({"step": state.global_step, **metrics})
+                print(f"Trainer epoch {len(epochs)}: " + ", ".join(f"{k} {v:.4g}" for k, v in metrics.items()), flush=True)
+
+    from bertkit.tasks.base import FeatureBatches
+
+    train = task.featurize(task.read(args.train, BadInput()), tokenizer, config, BadInput()).features
+    per_epoch = FeatureBatches(train, pad_id=tokenizer.pad_token_id).num_batches(0, args.batch_size)
+    trainer, _, _ = make_trainer(args, task, init, work, per_epoch * args.epochs, [EvaluateEachEpoch()])
+    trainer.train()
+    return {"name": "transformers Trainer", "seconds": time.perf_counter() - start, "epochs": epochs}
+
+
+# ---- --interleave: the two training loops taking turns step by step ----------------------------------
+
+
+class Baton:
+    """Two training loops in two threads, one step at a time: `boundary(side)` ends that side's step
+    (timing it), hands the turn to the other and waits for it to come back."""
+
+    def __init__(self, sides: tuple[str, str]):
+        self.sides, self.turn = sides, sides[0]
+        self.cond = threading.Condition()
+        self.started: dict[str, float] = {}
+        self.times: dict[str, list[float]] = {s: [] for s in sides}
+        self.finished: set[str] = set()
+
+    def _other(self, side: str) -> str:
+        return self.sides[1] if side == self.sides[0] else self.sides[0]
+
+    def boundary(self, side: str) -> None:
+        if side in self.started:
+            self.times[side].append(time.perf_counter() - self.started[side])
+            with self.cond:
+                if self._other(side) not in self.finished:
+                    self.turn = self._other(side)
+                self.cond.notify_all()
+        with self.cond:
+            self.cond.wait_for(lambda: self.turn == side)
+        self.started[side] = time.perf_counter()
+
+    def finish(self, side: str) -> None:
+        with self.cond:
+            self.finished.add(side)
+            self.turn = self._other(side)
+            self.cond.notify_all()
+
+
+class TimedSource:
+    """bertkit's batch source, each batch request the start of a step on the baton."""
+
+    def __init__(self, source, baton: Baton):
+        self.source, self.baton = source, baton
+
+    def num_batches(self, *a, **k):
+        return self.source.num_batches(*a, **k)
+
+    def batch(self, *a, **k):
+        self.baton.boundary("bertkit")
+        return self.source.batch(*a, **k)
+
+
+def interleaved(args, task, init: Path, work: Path) -> dict:
+    import transformers
+
+    from bertkit.finetune import FinetuneArgs, run_finetune
+    from bertkit.tasks import DataOptions
+    from bertkit.train import TrainConfig
+
+    steps, baton = args.interleave, Baton(("trainer", "bertkit"))
+
+    class OnBaton(transformers.TrainerCallback):
+        def on_step_begin(self, *a, **k):
+            baton.boundary("trainer")
+
+    trainer, source, _ = make_trainer(args, task, init, work, steps, [OnBaton()])
+    errors: list[BaseException] = []
+
+    def train_trainer():
+        try:
+            trainer.train()
+        except BaseException as e:  # noqa: BLE001 - reported by the main thread
+            errors.append(e)
+        finally:
+            baton.finish("trainer")
+
+    thread = threading.Thread(target=train_trainer, daemon=True)
+    thread.start()
+    import bertkit.finetune
+
+    real_fit = bertkit.finetune.fit  # bertkit's fit draws its batches through the baton
+    bertkit.finetune.fit = lambda objective, source, *a, **k: real_fit(objective, TimedSource(source, baton), *a, **k)
+    config = TrainConfig(out=work / "bertkit", lr=args.lr, batch_size=args.batch_size, warmup=args.warmup,
+                         seed=args.seed, precision="fp32", progress=False, keep_checkpoints=1, log_every=10)
+    per_epoch = source.num_batches(0, args.batch_size)
+    try:
+        run_finetune(FinetuneArgs(task=args.task, model=str(init), train=args.train, dev=None,
+                                  epochs=(steps - 0.5) / per_epoch), DataOptions(max_length=args.max_length,
+                                                                                  long_text=args.long_text), config)
+    finally:
+        baton.finish("bertkit")
+        bertkit.finetune.fit = real_fit
+    thread.join()
+    if errors:
+        raise errors[0]
+    tokens = [int(source.batch(s // per_epoch, s % per_epoch, args.batch_size)["attention_mask"].sum())
+              for s in range(steps)]
+    result = {}
+    for side, times in baton.times.items():
+        timed = times[args.warmup_steps:]  # step k's time is times[k]: from its start to the next one's
+        result[side] = {"steps": len(timed), "median_s": statistics.median(timed), "total_s": sum(timed),
+                        "tokens": sum(tokens[args.warmup_steps:args.warmup_steps + len(timed)])}
+    return result
+
+
+def main_interleaved(args, task) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        init = starting_point(args, task, work)
+        result = interleaved(args, task, init, work)
+    machine = f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}"
+    print(f"\n{args.task} on {args.train.name}: training steps taking turns, batch {args.batch_size}, max length "
+          f"{args.max_length}, steps {args.warmup_steps + 1}..{args.interleave - 1} of {args.interleave} timed, {machine}")
+    print("| side | steps | median step (s) | steps/s | real tokens/s | ratio |")
+    print("|---|---|---|---|---|---|")
+    ref = result["trainer"]
+    for side, r in (("bertkit", result["bertkit"]), ("transformers Trainer", ref)):
+        print(f"| {side} | {r['steps']} | {r['median_s']:.3f} | {r['steps'] / r['total_s']:.3f} | "
+              f"{r['tokens'] / r['total_s']:,.0f} | {ref['total_s'] / r['total_s'] * r['steps'] / ref['steps']:.2f}x |")
+    if args.json:
+        args.json.write_text(json.dumps({"settings": {k: str(v) for k, v in vars(args).items()}, "machine": machine,
+                                         "interleaved": result}, indent=2) + "\n")
+
+
 def main() -> None:
+    # bench/datasets.py would shadow Hugging Face's `datasets`, which transformers' Trainer imports
+    sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     args = parse_args()
     torch.set_num_threads(args.threads)
     from bertkit.tasks import DataOptions, make_task
 
     task = make_task(args.task, DataOptions(max_length=args.max_length, long_text=args.long_text))
+    if args.interleave:
+        return main_interleaved(args, task)
     metric = task.metric
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         init = starting_point(args, task, work)
         ours = run_bertkit(args, init, work)
-        other = run_transformers(args, task, init, work) if args.against == "transformers" else \
-            run_bertkit(args, init, work, random_init=True)
+        if args.against == "transformers":
+            other = run_transformers(args, task, init, work)
+        elif args.against == "trainer":
+            other = run_trainer(args, task, init, work)
+        else:
+            other = run_bertkit(args, init, work, random_init=True)
     results = {"task": args.task, "model": args.model, "train": str(args.train), "dev": str(args.dev),
                "metric": metric, "settings": {k: str(v) for k, v in vars(args).items()},
                "machine": f"{platform.processor() or platform.machine()}, {args.threads} threads, torch {torch.__version__}",
@@ -164,8 +392,8 @@ def main() -> None:
     for run in results["runs"]:
         best = max(e[metric] for e in run["epochs"])
         print(f"{run['name']:<24} {best:>12.4f} {run['epochs'][-1][metric]:>12.4f} {run['seconds']:>13.1f}")
-    if args.against == "transformers":
-        print(f"time ratio transformers/bertkit: {other['seconds'] / ours['seconds']:.2f}")
+    if args.against != "random":
+        print(f"time ratio {other['name']}/bertkit: {other['seconds'] / ours['seconds']:.2f}")
     if args.json:
         args.json.write_text(json.dumps(results, indent=2) + "\n")
 

@@ -2,20 +2,27 @@
 
 Same corpus (Penn Treebank train text), same WordPiece vocabulary, same architecture and initial
 weights, same MLM + NSP example pairs in the same order, same batch size, AdamW settings and
-learning-rate schedule (linear warm-up, linear decay), same thread count and precision. What
-differs is each side's own machinery:
+learning-rate schedule (linear warm-up, linear decay), gradient clipping, thread count and
+precision. What differs is each side's own machinery:
 
-  bertkit       PretrainingObjective: its masking (the --mask-split of the run), the MLM decoder at
-                the selected positions only
-  transformers  BertForPreTraining + DataCollatorForLanguageModeling (15%, 80/10/10) for masking
+  bertkit       PretrainingObjective (the MLM decoder at the selected positions only, unpadded encoder)
+  transformers  BertForPreTraining (sdpa attention, the decoder at every position)
 
-Both are evaluated every --eval-every steps by the same function on the same held-out batches,
-masked once by bertkit with a fixed seed: accuracy at [MASK] positions (masked_accuracy, the
-number that says what was learned from context) next to the commonest-token baseline. Reported:
-the curves against tokens seen (same recipe -> same curve, within noise) and against training
-seconds (where the throughput difference shows).
+Masking (--hf-masking): `same` (default) gives transformers the very batches bertkit masked
+(--mask-rate, --mask-split; round(rate x tokens) positions per sequence), so the two curves can
+differ only by the models' arithmetic and dropout draws. `collator` masks the unmasked pairs with
+DataCollatorForLanguageModeling at mlm_probability = --mask-rate (80/10/10): every token with that
+probability, no per-sequence count, so a row may get more or fewer positions than bertkit's.
 
-    python bench/pretrain_learning.py --config tiny --steps 600 --batch-size 32 --max-length 64 --lr 2e-3
+The two sides train in turn, one step each (alternating which goes first), so load on a shared
+machine falls on both alike; only the training step is timed. Both are evaluated every
+--eval-every steps by the same function on the same held-out batches, masked once as the paper
+does (15%, 80/10/10, fixed seed, whatever the training masking): accuracy at [MASK] positions
+(masked_accuracy, the number that says what was learned from context) next to the commonest-token
+baseline. Reported: the curves against tokens seen (same recipe -> same curve, within noise) and
+against training seconds (where the throughput difference shows).
+
+    OMP_NUM_THREADS=1 python bench/pretrain_learning.py --config tiny --steps 1000 --eval-every 100 --threads 1
     python bench/pretrain_learning.py --quick     # a smoke run of a few steps
 """
 
@@ -25,6 +32,7 @@ import argparse
 import contextlib
 import json
 import platform
+import statistics
 import tempfile
 import time
 from pathlib import Path
@@ -50,9 +58,12 @@ def build_data(args, tmp: Path):
     tok = Tokenizer.train([text], vocab_size=args.vocab_size, show_progress=False)
     prepare([text], tok, tmp / "data", valid_fraction=0.02, progress=False, document_sentences=20)
     _, train, valid, tok = load_prepared(tmp / "data")
-    config = PretrainingConfig(max_length=args.max_length, objective="mlm+nsp", mask_split=args.mask_split, seed=0)
+    from bertkit.pretrain import evaluation_masking
+
+    config = PretrainingConfig(max_length=args.max_length, objective="mlm+nsp", mask_rate=args.mask_rate,
+                               mask_split=args.mask_split, seed=0)
     train_source = PretrainingBatches(train, tok, config)
-    valid_source = PretrainingBatches(valid, tok, config, drop_last=False)
+    valid_source = PretrainingBatches(valid, tok, evaluation_masking(config), drop_last=False)
     n_valid = min(args.eval_batches, valid_source.num_batches(0, args.batch_size))
     held_out = [valid_source.batch(0, i, args.batch_size) for i in range(n_valid)]
     return tok, train, train_source, held_out
@@ -75,13 +86,14 @@ def unmask(batch: dict) -> dict:
     return {**batch, "input_ids": ids}
 
 
-def transformers_masking(tok, seed: int):
+def transformers_masking(tok, seed: int, rate: float):
+    """DataCollatorForLanguageModeling's masking of the unmasked pairs (--hf-masking collator)."""
     from transformers import BertTokenizerFast, DataCollatorForLanguageModeling
 
     with tempfile.TemporaryDirectory() as d:
         tok.save_pretrained(d)
         hf_tok = BertTokenizerFast.from_pretrained(d)
-    collator = DataCollatorForLanguageModeling(hf_tok, mlm=True, mlm_probability=0.15, return_tensors="pt")
+    collator = DataCollatorForLanguageModeling(hf_tok, mlm=True, mlm_probability=rate, return_tensors="pt")
     torch.manual_seed(seed)
 
     def mask(batch: dict) -> dict:
@@ -107,41 +119,85 @@ def optimizer_and_schedule(model, args):
 
 
 @torch.no_grad()
-def masked_accuracy(logits_of, held_out, mask_id: int) -> float:
-    """Accuracy at [MASK] positions of the held-out batches, the same function for both sides."""
+def masked_scores(logits_of, held_out, mask_id: int) -> tuple[float, float]:
+    """Accuracy and mean cross-entropy at [MASK] positions of the held-out batches, the same function
+    for both sides (the loss moves while the accuracy still sits at the commonest token)."""
     hits = total = 0
+    loss = 0.0
     for batch in held_out:
         at_mask = (batch["input_ids"] == mask_id) & (batch["labels"] != -100)
-        guess = logits_of(batch, at_mask).argmax(-1)  # (M,)
-        hits += int((guess == batch["labels"][at_mask]).sum())
+        logits = logits_of(batch, at_mask)  # (M, V)
+        hits += int((logits.argmax(-1) == batch["labels"][at_mask]).sum())
+        loss += float(torch.nn.functional.cross_entropy(logits.float(), batch["labels"][at_mask], reduction="sum"))
         total += int(at_mask.sum())
-    return hits / max(total, 1)
+    return hits / max(total, 1), loss / max(total, 1)
 
 
-def run_side(name, model, step, logits_of, batches, held_out, args, mask_id):
-    opt, sched = optimizer_and_schedule(model, args)
-    curve, seconds, tokens = [], 0.0, 0
-    model.eval()
-    curve.append({"step": 0, "tokens": 0, "seconds": 0.0,
-                  "masked_accuracy": masked_accuracy(logits_of, held_out, mask_id)})
-    for i, batch in enumerate(batches, start=1):
-        model.train()
+class Side:
+    """One side of the comparison: its model, step, optimiser, schedule and curve so far."""
+
+    def __init__(self, name, model, step, logits_of, batches, args):
+        self.name, self.model, self.step, self.logits_of, self.batches = name, model, step, logits_of, batches
+        self.opt, self.sched = optimizer_and_schedule(model, args)
+        self.curve, self.seconds, self.tokens, self.step_seconds = [], 0.0, 0, []
+
+    def train_step(self, i: int) -> None:
+        """Step i (from 1) on this side's batch i; only this is timed."""
+        batch = self.batches[i - 1]
+        self.model.train()
         start = time.perf_counter()
-        loss = step(batch)
+        loss = self.step(batch)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
-        opt.step()
-        sched.step()
-        opt.zero_grad(set_to_none=True)
-        seconds += time.perf_counter() - start
-        tokens += int(batch["attention_mask"].sum())
-        if i % args.eval_every == 0 or i == len(batches):
-            model.eval()
-            acc = masked_accuracy(logits_of, held_out, mask_id)
-            curve.append({"step": i, "tokens": tokens, "seconds": round(seconds, 2), "masked_accuracy": acc})
-            print(f"  {name:12s} step {i:5d}  tokens {tokens:>10,}  {seconds:7.1f} s  masked_accuracy {acc:.4f}",
-                  flush=True)
-    return curve
+        torch.nn.utils.clip_grad_norm_(self.model.parameters(), 1.0)
+        self.opt.step()
+        self.sched.step()
+        self.opt.zero_grad(set_to_none=True)
+        took = time.perf_counter() - start
+        self.seconds += took
+        self.step_seconds.append(took)
+        self.tokens += int(batch["attention_mask"].sum())
+
+    def evaluate(self, i: int, held_out, mask_id: int) -> None:
+        self.model.eval()
+        acc, loss = masked_scores(self.logits_of, held_out, mask_id)
+        self.curve.append({"step": i, "tokens": self.tokens, "seconds": round(self.seconds, 2),
+                           "masked_accuracy": acc, "masked_loss": loss})
+        print(f"  {self.name:12s} step {i:5d}  tokens {self.tokens:>10,}  {self.seconds:7.1f} s  "
+              f"masked_accuracy {acc:.4f}  masked_loss {loss:.4f}", flush=True)
+
+
+def run_sides(sides: list[Side], steps: int, held_out, args, mask_id: int) -> None:
+    """Train the sides in turn, a step each, the first one alternating; evaluate all at the same steps."""
+    for side in sides:
+        side.evaluate(0, held_out, mask_id)
+    for i in range(1, steps + 1):
+        for side in (sides if i % 2 else sides[::-1]):
+            side.train_step(i)
+        if i % args.eval_every == 0 or i == steps:
+            for side in sides:
+                side.evaluate(i, held_out, mask_id)
+
+
+def report(sides: list[Side], baseline: float) -> str:
+    """The curves side by side (per token), then time: totals and the median step."""
+    first, second = sides
+    lines = [f"masked_accuracy at [MASK] (held out; commonest token {baseline:.4f}):", "",
+             f"| step | tokens | {first.name} | {second.name} | difference | loss at [MASK], {first.name} | "
+             f"{second.name} | difference |", "|--:|--:|--:|--:|--:|--:|--:|--:|"]
+    for a, b in zip(first.curve, second.curve):
+        lines.append(f"| {a['step']} | {a['tokens']:,} | {a['masked_accuracy']:.4f} | {b['masked_accuracy']:.4f} | "
+                     f"{a['masked_accuracy'] - b['masked_accuracy']:+.4f} | {a['masked_loss']:.4f} | "
+                     f"{b['masked_loss']:.4f} | {a['masked_loss'] - b['masked_loss']:+.4f} |")
+    lines += ["", "| side | steps | tokens | train seconds | median step (ms) | tokens/s | masked_accuracy (final) |",
+              "|---|--:|--:|--:|--:|--:|--:|"]
+    for side in sides:
+        last = side.curve[-1]
+        lines.append(f"| {side.name} | {last['step']} | {last['tokens']:,} | {side.seconds:.1f} | "
+                     f"{1000 * statistics.median(side.step_seconds):.1f} | {side.tokens / max(side.seconds, 1e-9):,.0f} | "
+                     f"{last['masked_accuracy']:.4f} |")
+    ratio = statistics.median(second.step_seconds) / statistics.median(first.step_seconds)
+    lines.append(f"\nmedian step time, {second.name} / {first.name}: {ratio:.2f}x")
+    return "\n".join(lines)
 
 
 def main() -> None:
@@ -153,7 +209,11 @@ def main() -> None:
     p.add_argument("--vocab-size", type=int, default=8000)
     p.add_argument("--lr", type=float, default=2e-3)
     p.add_argument("--warmup", type=float, default=0.05, help="fraction of the steps")
-    p.add_argument("--mask-split", default="bert", help="bertkit's --mask-split (transformers: 80/10/10)")
+    p.add_argument("--mask-rate", type=float, default=0.15, help="training masking: fraction of tokens selected")
+    p.add_argument("--mask-split", default="bert", help="training masking: bertkit's --mask-split")
+    p.add_argument("--hf-masking", choices=("same", "collator"), default="same",
+                   help="transformers' training batches: bertkit's masked batches (same), or "
+                        "DataCollatorForLanguageModeling at --mask-rate, 80/10/10 (collator)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-batches", type=int, default=20)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -174,7 +234,7 @@ def main() -> None:
         tok, train, source, held_out = build_data(args, Path(tmp))
         batches = train_batches(source, args.steps, args.batch_size)
         mode = most_frequent_token(train)
-        hf_mask = transformers_masking(tok, seed=0)
+        hf_mask = transformers_masking(tok, seed=0, rate=args.mask_rate) if args.hf_masking == "collator" else None
     mask_id = tok.mask_token_id
     at_mask = [(b["input_ids"] == mask_id) & (b["labels"] != -100) for b in held_out]
     baseline = sum(int((b["labels"][m] == mode).sum()) for b, m in zip(held_out, at_mask)) / max(
@@ -197,7 +257,7 @@ def main() -> None:
         hidden = ours.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).last_hidden_state
         return ours.mlm(hidden[where], ours.bert.embeddings.word.weight)
 
-    ref_batches = [hf_mask(b) for b in batches]
+    ref_batches = [hf_mask(b) for b in batches] if hf_mask else batches
 
     def ref_step(batch):
         return ref(input_ids=batch["input_ids"], token_type_ids=batch["token_type_ids"],
@@ -210,22 +270,19 @@ def main() -> None:
 
     cpu = platform.processor() or platform.machine()
     print(f"learning speed, {args.config}, batch {args.batch_size} x {args.max_length}, lr {args.lr:g} "
-          f"(warm-up {args.warmup:g}, linear), {args.steps} steps, {args.threads} threads, {cpu}, fp32, "
+          f"(warm-up {args.warmup:g}, linear), masking {args.mask_rate:g} {args.mask_split} "
+          f"(transformers: {args.hf_masking}), {args.steps} steps, {args.threads} threads, {cpu}, fp32, "
           f"torch {torch.__version__}, transformers {transformers.__version__}; held-out commonest-token "
           f"baseline at [MASK] {baseline:.4f}", flush=True)
-    curves = {
-        "bertkit": run_side("bertkit", ours, ours_step, ours_logits, batches, held_out, args, mask_id),
-        "transformers": run_side("transformers", ref, ref_step, ref_logits, ref_batches, held_out, args, mask_id),
-    }
-    print("| side | steps | tokens | train seconds | masked_accuracy (final) | tokens/s |")
-    print("|---|---|---|---|---|---|")
-    for name, curve in curves.items():
-        last = curve[-1]
-        print(f"| {name} | {last['step']} | {last['tokens']:,} | {last['seconds']:.1f} | "
-              f"{last['masked_accuracy']:.4f} | {last['tokens'] / max(last['seconds'], 1e-9):,.0f} |")
+    sides = [Side("bertkit", ours, ours_step, ours_logits, batches, args),
+             Side("transformers", ref, ref_step, ref_logits, ref_batches, args)]
+    run_sides(sides, args.steps, held_out, args, mask_id)
+    print(report(sides, baseline))
     args.out.parent.mkdir(parents=True, exist_ok=True)
+    curves = {side.name: side.curve for side in sides}
+    medians = {side.name: statistics.median(side.step_seconds) for side in sides}
     args.out.write_text(json.dumps({"args": {k: str(v) for k, v in vars(args).items()}, "baseline": baseline,
-                                    "curves": curves}, indent=1) + "\n")
+                                    "median_step_seconds": medians, "curves": curves}, indent=1) + "\n")
     print(f"wrote {args.out}")
 
 

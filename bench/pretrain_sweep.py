@@ -7,8 +7,12 @@ metrics.jsonl already ends at the last step are not run again (so a sweep can be
 Tokens seen = step x batch size x max length (sequence slots, padding included; the same for
 every run, since every run reads the same examples in the same order).
 
+Give each run its --mask-rate: without one, `bertkit pretrain` picks it by --config (0.4 for tiny
+and mini, 0.15 for larger models).
+
     python bench/pretrain_sweep.py --data runs/demo/data --out /tmp/sweep --steps 600 \\
-        "default=--lr 2e-3 --warmup 0.05" "mask-only=--lr 2e-3 --warmup 0.05 --mask-split mask-only"
+        "p15=--lr 2e-3 --warmup 0.05 --mask-rate 0.15" "r40=--lr 2e-3 --warmup 0.05 --mask-rate 0.4" \\
+        "mask-only=--lr 2e-3 --warmup 0.05 --mask-rate 0.15 --mask-split mask-only"
     python bench/pretrain_sweep.py --out /tmp/sweep --table-only     # the tables of the runs there
 """
 

@@ -175,3 +175,193 @@ def test_mfu_bench_quick(tmp_path):
         assert ours["mfu"] == pytest.approx(ours["tflops"])  # peak 1 TFLOP/s
         assert ours["ratio"] == pytest.approx(ref["seconds"] / ours["seconds"])
     assert "| pretraining seq 32 | bertkit |" in result.stdout
+
+
+# ---- bench/int8_accuracy.py ------------------------------------------------------------------------
+
+INT8_BENCH = BENCH.with_name("int8_accuracy.py")
+
+
+@pytest.fixture(scope="module")
+def bench_int8():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_int8_accuracy", INT8_BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_int8_bench_cosines_and_logit_drift_by_hand(bench_int8):
+    import numpy as np
+
+    a = np.array([[1.0, 0.0], [3.0, 4.0]])
+    b = np.array([[1.0, 1.0], [3.0, 4.0]])
+    assert bench_int8.cosines(a, b) == pytest.approx([2 ** -0.5, 1.0])
+    # tag: per real token only — the padded third position (a huge diff, a different argmax) is ignored
+    features = [{"input_ids": [5, 6]}]
+    fp32 = [{"logits": np.array([[1.0, 0.0], [0.0, 1.0], [9.0, 0.0]])}]
+    int8 = [{"logits": np.array([[0.75, 0.5], [0.5, 0.25], [0.0, 9.0]])}]
+    drift = bench_int8.logit_drift("tag", features, fp32, int8)
+    assert drift == {"max_abs_diff": 0.75, "label_agreement": 0.5, "labels": 2}
+    # classify: one label per sequence, all of its logits compared
+    drift = bench_int8.logit_drift("classify", [{"input_ids": [5]}], [{"logits": np.array([2.0, 1.0])}],
+                                   [{"logits": np.array([2.5, 1.0])}])
+    assert drift == {"max_abs_diff": 0.5, "label_agreement": 1.0, "labels": 1}
+
+
+@pytest.mark.slow  # two tiny fine-tunings, then every case at three precisions (~15 s quiet, ~70 s loaded)
+def test_int8_bench_quick_on_tiny_models(tmp_path, tiny_model_dir, bench_int8, capsys):
+    """Three families on tiny models: the fp32 column is exactly what `evaluate` reports, the deltas
+    are int8 - fp32 in points, and int8 really ran (outputs moved, but not far)."""
+    pytest.importorskip("bertkit.quantize")
+    from bertkit.cli import main
+    from bertkit.predict import run_evaluate
+
+    words = ["good", "bad", "fine", "awful", "great", "poor"]
+    cls_data = tmp_path / "cls.csv"
+    cls_data.write_text("text,label\n" + "".join(f"{words[i % 6]} item {i},{'pn'[i % 2]}\n" for i in range(12)))
+    tag_data = tmp_path / "tag.conll"
+    tag_data.write_text("".join(f"John\tB-person\nSmith\tI-person\nlikes\tO\n{w}\tO\n\n" for w in words))
+    emb_data = tmp_path / "pairs.tsv"
+    emb_data.write_text("anchor\tpositive\n" + "".join(f"what is {w}\t{w} means something {i}\n"
+                                                      for i, w in enumerate(words)))
+    cases = []
+    for task, data in (("classify", cls_data), ("tag", tag_data)):
+        out = tmp_path / task
+        assert main(["finetune", "--task", task, "--model", str(tiny_model_dir), "--train", str(data),
+                     "--out", str(out), "--epochs", "1", "--max-length", "32", "--precision", "fp32",
+                     "--no-progress"]) == 0
+        cases += ["--case", str(out), str(data)]
+    cases += ["--case", str(tiny_model_dir), str(emb_data)]
+    report = tmp_path / "int8.json"
+    capsys.readouterr()
+    assert bench_int8.main(cases + ["--quick", "--threads", "1", "--embedder", str(tiny_model_dir),
+                                    "--embed-max-length", "32", "--variant", "qkv,out,up,down@0.7",
+                                    "--json", str(report)]) == 0
+    assert "| classify |" in capsys.readouterr().out
+    result = json.loads(report.read_text())
+    assert [c["task"] for c in result["cases"]] == ["classify", "tag", "embed"]
+    variants = ["int8", "int8[qkv,out,up,down@0.7]"]
+    for case in result["cases"]:
+        assert list(case["drift"]) == list(case["speedup"]) == variants
+        for variant in variants:
+            for name, value in case["metrics"]["fp32"].items():
+                delta = (case["metrics"][variant][name] - value) * 100
+                assert case["delta_points"][variant][name] == pytest.approx(delta)
+            assert case["seconds"]["fp32"] > 0 and case["seconds"][variant] > 0
+    classify, tag, embed = result["cases"]
+    assert classify["metrics"]["fp32"] == pytest.approx(run_evaluate(str(tmp_path / "classify"), cls_data, {}))
+    for variant in variants:
+        assert 0 < classify["drift"][variant]["max_abs_diff"] < 1 and 0 < tag["drift"][variant]["max_abs_diff"] < 1
+        assert tag["drift"][variant]["labels"] > len(words)  # one per real token
+        assert 0.9 < embed["drift"][variant]["min_cosine"] < 1 and embed["drift"][variant]["texts"] == 2 * len(words)
+    assert set(result["embedder"]) == {str(cls_data), str(tag_data)}
+    assert list(result["embedder"][str(cls_data)]) == variants
+
+
+# ---- bench/engines.py: bertkit against the other engines ------------------------------------------
+
+ENGINES_BENCH = BENCH.with_name("engines.py")
+
+
+@pytest.fixture(scope="module")
+def bench_engines():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_engines", ENGINES_BENCH)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["bench_engines"] = module  # its dataclasses look their module up there
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_engines_pooling_batches_and_agreement_by_hand(bench_engines):
+    import numpy as np
+
+    hidden = np.array([[[3.0, 0.0], [1.0, 0.0], [9.0, 9.0]], [[0.0, 2.0], [0.0, 4.0], [0.0, 6.0]]])  # (2, 3, 2)
+    mask = np.array([[1, 1, 0], [1, 1, 1]])
+    assert bench_engines.unit_mean(hidden, mask) == pytest.approx(np.array([[1.0, 0.0], [0.0, 1.0]]))
+    batches = bench_engines.make_batches([3, 9, 1, 5, 7], 2)
+    assert batches == {"sorted": [[1, 4], [3, 0], [2]], "given": [[0, 1], [2, 3], [4]]}
+    agree = bench_engines.Agreement()
+    agree.update(np.array([[1.0, 0.0], [0.6, 0.8]]), np.array([[1.0, 0.0], [0.8, 0.6]]))
+    assert agree.min_cos == pytest.approx(0.96) and agree.max_abs_diff == pytest.approx(0.2)
+
+
+def test_engines_refuses_an_unknown_engine(bench_engines):
+    with pytest.raises(SystemExit):
+        bench_engines.parse_args(["--engines", "bertkit,tensorrt"])
+
+
+@pytest.mark.slow
+def test_engines_bench_quick_run_agrees_with_transformers(bench_engines, tmp_path, capsys):
+    out = tmp_path / "engines.json"
+    bench_engines.main(["--engines", "bertkit,transformers", "--texts", "8", "--quick", "--threads", "1",
+                        "--json", str(out)])
+    printed = capsys.readouterr().out
+    assert "| bertkit | fp32 |" in printed and "| transformers | fp32 |" in printed
+    report = json.loads(out.read_text())
+    assert report["texts"]["kinds"] == {"tweet": 2, "sentence": 2, "passage": 2, "docstring": 2}
+    assert report["texts"]["tokenizer_mismatches"] == {"bertkit": 0, "transformers": 0}
+    assert list(report["results"]) == ["sorted"]  # --quick: no given-order setting
+    rows = report["results"]["sorted"]
+    assert set(rows) == {"bertkit", "transformers"}
+    for row in rows.values():
+        assert row["e2e"]["tokens_per_s"] > 0 and row["model"]["tokens_per_s"] > 0
+        assert len(row["e2e"]["seconds"]) == 1
+        ours = row["agreement"]["bertkit"]
+        assert ours["min_cos"] > 1 - 1e-5 and ours["max_abs_diff"] < 1e-5
+    assert rows["bertkit"]["e2e"]["vs_bertkit"] == pytest.approx(1.0)
+
+
+PRETRAIN_LEARNING = Path(__file__).resolve().parent.parent / "bench" / "pretrain_learning.py"
+
+
+@pytest.fixture(scope="module")
+def bench_learning():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_pretrain_learning", PRETRAIN_LEARNING)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_pretrain_learning_sides_alternate_and_the_same_recipe_gives_the_same_curve(bench_learning):
+    """Two sides with the same weights and batches: trained in turn (the first one alternating), scored
+    by the same function at the same steps, so their curves are identical and only time may differ."""
+    from types import SimpleNamespace
+
+    import torch
+
+    args = SimpleNamespace(lr=1e-2, warmup=0.1, steps=6, eval_every=3)
+    mask_id, calls = 4, []
+    g = torch.Generator().manual_seed(0)
+    batches = [{"input_ids": torch.randint(0, 8, (2, 5), generator=g), "attention_mask": torch.ones(2, 5)}
+               for _ in range(args.steps)]
+    for b in batches:
+        b["labels"] = torch.where(b["input_ids"] == mask_id, torch.randint(5, 8, (2, 5), generator=g), -100)
+    held_out = batches[:2]
+
+    def side(name):
+        torch.manual_seed(0)
+        model = torch.nn.Embedding(8, 8)
+
+        def step(batch):
+            calls.append(name)
+            return model(batch["input_ids"]).logsumexp(-1).mean()
+
+        return bench_learning.Side(name, model, step, lambda batch, where: model(batch["input_ids"])[where],
+                                   batches, args)
+
+    sides = [side("a"), side("b")]
+    bench_learning.run_sides(sides, args.steps, held_out, args, mask_id)
+    assert calls == ["a", "b", "b", "a", "a", "b", "b", "a", "a", "b", "b", "a"]
+    a, b = (s.curve for s in sides)
+    assert [r["step"] for r in a] == [0, 3, 6] and [r["step"] for r in b] == [0, 3, 6]
+    assert [r["masked_accuracy"] for r in a] == [r["masked_accuracy"] for r in b]
+    assert a[-1]["tokens"] == b[-1]["tokens"] == 60
+    text = bench_learning.report(sides, baseline=0.05)
+    assert "| 6 | 60 |" in text and "+0.0000 |" in text and "median step time, b / a" in text

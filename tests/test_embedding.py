@@ -126,7 +126,7 @@ def test_options_of_a_call(embedder):
     assert not np.allclose(embedder(TEXTS[:3], layer=-2), embedder(TEXTS[:3]), atol=1e-3)
     np.testing.assert_allclose(embedder(TEXTS[:3], prompt="query: "),
                                embedder(["query: " + t for t in TEXTS[:3]]), atol=1e-6)
-    assert embedder(TEXTS[:3], dimensions=128, precision="ubinary").shape == (3, 16)
+    assert embedder(TEXTS[:3], dimensions=128, output_precision="ubinary").shape == (3, 16)
     for bad, message in [(dict(pooling="sum"), "--pooling must be one or more of"),
                          (dict(layer=7), "--layer must be an integer from -7 to 6"),
                          (dict(dimensions=0), "--dimensions must be at least 1"),
@@ -135,9 +135,17 @@ def test_options_of_a_call(embedder):
             embedder(TEXTS[:3], **bad)
 
 
+def test_texts_embedded_a_slice_at_a_time_keep_their_vectors_and_order(embedder, monkeypatch):
+    import bertkit.embedding
+
+    whole = embedder(TEXTS)
+    monkeypatch.setattr(bertkit.embedding, "TEXTS_AT_ONCE", 2)
+    np.testing.assert_allclose(embedder(TEXTS), whole, atol=1e-6)
+
+
 def test_embed_function_passes_the_options(embedder):
-    np.testing.assert_array_equal(embed(TEXTS[:3], embedder, precision="int8", pooling="max"),
-                                  embedder(TEXTS[:3], precision="int8", pooling="max"))
+    np.testing.assert_array_equal(embed(TEXTS[:3], embedder, output_precision="int8", pooling="max"),
+                                  embedder(TEXTS[:3], output_precision="int8", pooling="max"))
 
 
 # ---- `bertkit embed` with the new options ------------------------------------------------------------
@@ -154,26 +162,27 @@ def _cli(capsys, *argv):
 def test_cli_precision_keeps_its_type_in_npy_and_jsonl(capsys, tmp_path, embedder):
     src = tmp_path / "texts.txt"
     src.write_text("\n".join(TEXTS[:3]) + "\n", encoding="utf-8")
-    code, _, err = _cli(capsys, "embed", "-i", str(src), "-o", str(tmp_path / "v.npy"), "--precision", "int8",
+    code, _, err = _cli(capsys, "embed", "-i", str(src), "-o", str(tmp_path / "v.npy"), "--output-precision", "int8",
                         "--pooling", "mean", "--prompt", "query: ", "--layer", "-1", "--dimensions", "256")
     assert code == 0 and "wrote 3 vectors of dimension 256 (int8)" in err
     got = np.load(tmp_path / "v.npy", allow_pickle=False)
     assert got.dtype == np.int8
-    np.testing.assert_array_equal(got, embedder(TEXTS[:3], precision="int8", prompt="query: ", dimensions=256))
-    code, out, _ = _cli(capsys, "embed", "-i", str(src), "--precision", "ubinary")
+    np.testing.assert_array_equal(got, embedder(TEXTS[:3], output_precision="int8", prompt="query: ", dimensions=256))
+    code, out, _ = _cli(capsys, "embed", "-i", str(src), "--output-precision", "ubinary")
     rows = [json.loads(line) for line in out.splitlines()]
     assert code == 0 and [len(r["embedding"]) for r in rows] == [48] * 3
     assert all(isinstance(x, int) and 0 <= x <= 255 for x in rows[0]["embedding"])
-    np.testing.assert_array_equal(np.array([r["embedding"] for r in rows]), embedder(TEXTS[:3], precision="ubinary"))
+    np.testing.assert_array_equal(np.array([r["embedding"] for r in rows]), embedder(TEXTS[:3], output_precision="ubinary"))
 
 
 @pytest.mark.parametrize(("argv", "message"), [
-    (["--precision", "int4"], "--precision must be one of float32, int8, uint8, binary, ubinary"),
+    (["--output-precision", "int4"], "--output-precision must be one of float32, int8, uint8, binary, ubinary"),
+    (["--precision", "ubinary"], "--precision must be one of auto, fp32, bf16, int8"),
     (["--pooling", "mean+sum"], "--pooling must be one or more of mean, cls"),
     (["--dimensions", "0"], "--dimensions must be at least 1, got 0"),
     (["--prompt", "q: ", "--prompt-name", "query"], "give --prompt or --prompt-name, not both"),
     (["--prompt-name", ""], "--prompt-name must be a non-empty string"),
-    (["--tokens", "--precision", "binary"], "--tokens writes one vector per word piece"),
+    (["--tokens", "--output-precision", "binary"], "--tokens writes one vector per word piece"),
 ])
 def test_cli_bad_options_are_one_line_errors(capsys, monkeypatch, argv, message):
     monkeypatch.setattr("bertkit.embedding.Embedder.from_pretrained", lambda *a: pytest.fail("model loaded"))
@@ -198,7 +207,7 @@ def test_cli_help_lists_the_options(capsys):
     with pytest.raises(SystemExit):
         _cli(capsys, "embed", "--help")
     out = capsys.readouterr().out
-    for option in ("--pooling", "--prompt", "--prompt-name", "--layer", "--dimensions", "--precision"):
+    for option in ("--pooling", "--prompt", "--prompt-name", "--layer", "--dimensions", "--output-precision", "--precision"):
         assert option in out
 
 

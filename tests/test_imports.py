@@ -23,16 +23,18 @@ LAYERS: list[tuple[str, ...]] = [
     ("errors",),
     ("fileio",),
     # labels: IGNORE and other label constants shared by data, tasks and heads; padding: ragged token
-    # lists -> padded batches, for data, tasks, embedding and export
-    ("config", "labels", "padding"),
+    # lists -> padded batches, for data, tasks, embedding and export; packing: padded batches -> packed rows
+    ("config", "labels", "padding", "packing"),
     ("options", "settings", "distributed", "devices"),  # settings: the torch-free argument dataclasses of the
     # CLI; devices: --device -> torch.device, batches moved there, inference autocast
     ("tokenizer", "models", "data.corpus"),  # models: model names -> checkpoint folders
     ("checkpoint",),  # the file format and key map: it takes any module with a config, never model.py's classes
     ("vocab", "data", "data.*"),  # features for pretraining
     ("model",),
-    ("heads", "objective", "sentence", "contrastive"),  # objective: StepSums and the losses a task returns;
-    # sentence: ST layout; contrastive: the embedding losses (in-batch negatives, gradient cache)
+    ("heads", "objective", "sentence", "contrastive", "compiled", "quantize"),  # objective: StepSums and the
+    # losses a task returns; sentence: ST layout; contrastive: the embedding losses (in-batch negatives,
+    # gradient cache); compiled: torch.compile of the encoder for inference, bucketed lengths; quantize:
+    # int8 linear layers for inference
     ("tasks", "tasks.*"),  # readers, featurizers, a task's loss and metrics
     ("predict", "embedding", "fill_mask", "export", "inside"),  # prediction sits below training: it cannot import it
     ("pipeline", "vector_index"),  # vector_index: `bertkit index` and `bertkit search` over embeddings

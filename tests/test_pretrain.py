@@ -360,3 +360,24 @@ def test_evaluation_masks_as_the_paper_whatever_the_training_masking():
     scored = evaluation_masking(trained)
     assert (scored.mask_rate, scored.mask_fractions, scored.max_predictions) == (0.15, (0.8, 0.1, 0.1), 19)
     assert scored.whole_word_masking and scored.seed == 7
+
+
+def test_default_mask_rate_is_by_preset_and_the_paper_is_one_flag_away(tmp_path):
+    from pathlib import Path
+
+    from bertkit.cli import build_parser, config_from_args
+    from bertkit.settings import PretrainArgs, PretrainingConfig
+
+    def rate(*argv):
+        args = build_parser().parse_args(["pretrain", "--data", "d", "--out", str(tmp_path / "o"), *argv])
+        made = config_from_args(PretrainArgs, args)
+        return made.mask_rate, made.mask_fractions, made.max_predictions
+
+    assert rate("--config", "tiny") == (0.4, (0.8, 0.1, 0.1), 51)  # 128 tokens x 0.4
+    assert rate("--config", "mini", "--max-length", "64")[0::2] == (0.4, 26)
+    assert rate()[0] == 0.4  # mini is the default --config
+    (tmp_path / "config.json").write_text(json.dumps(TINY))
+    for larger in ("small", "base", "large", str(tmp_path / "config.json")):
+        assert PretrainArgs(data=Path("d"), config=larger).mask_rate == 0.15
+    assert rate("--config", "tiny", "--mask-rate", "0.15") == (0.15, (0.8, 0.1, 0.1), 19)  # the paper's
+    assert PretrainingConfig().mask_rate == 0.15  # the data layer keeps the paper's default

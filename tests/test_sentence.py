@@ -268,9 +268,9 @@ def test_embedder_precision_and_dimensions(tiny_model_dir):
     ours = Embedder.from_pretrained(tiny_model_dir)
     floats = ours(TEXTS)
     for precision in ("int8", "uint8", "binary", "ubinary"):
-        got = ours(TEXTS, precision=precision)
+        got = ours(TEXTS, output_precision=precision)
         assert np.array_equal(got, quantize_embeddings(floats, precision=precision))
-    assert ours(TEXTS, precision="binary").shape == (len(TEXTS), 4)
+    assert ours(TEXTS, output_precision="binary").shape == (len(TEXTS), 4)
     short = ours(TEXTS, dimensions=20)
     assert short.shape == (len(TEXTS), 20)
     np.testing.assert_allclose(np.linalg.norm(short, axis=-1), 1.0, atol=1e-6)  # renormalised
@@ -279,11 +279,11 @@ def test_embedder_precision_and_dimensions(tiny_model_dir):
     raw = ours(TEXTS[:2], dimensions=20, normalize=False)
     np.testing.assert_allclose(raw, ours(TEXTS[:2], normalize=False)[:, :20], atol=1e-6)
     with pytest.raises(InputError, match="needs at least 2 texts"):
-        ours("one text", precision="int8")
+        ours("one text", output_precision="int8")
     with pytest.raises(InputError, match="--dimensions 33 is more than the model's 32"):
         ours(TEXTS, dimensions=33)
-    with pytest.raises(InputError, match="--precision must be one of"):
-        ours(TEXTS, precision="int4")
+    with pytest.raises(InputError, match="--output-precision must be one of"):
+        ours(TEXTS, output_precision="int4")
     with pytest.raises(InputError, match="--prompt-name 'query' is not one of the model's prompts: it has none"):
         ours(TEXTS, prompt_name="query")
 

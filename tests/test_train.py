@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from bertkit.heads import IGNORE, BertForPreTraining
-from bertkit.optim import lr_factor, param_groups
+from bertkit.optim import Clock, clip_gradients, fused_option, lr_factor, optimizer_and_schedule, param_groups
 from bertkit.pretrain import PretrainingObjective
 from bertkit.runs import Position, latest_checkpoint, next_positions
 from bertkit.train import TrainConfig, fit
@@ -76,6 +76,44 @@ def test_no_weight_decay_on_biases_and_layernorm():
     decay, no_decay = param_groups(objective.model, 0.01)
     assert all(p.ndim >= 2 for p in decay["params"]) and all(p.ndim == 1 for p in no_decay["params"])
     assert no_decay["weight_decay"] == 0.0
+
+
+def test_adamw_runs_fused_on_the_cpu_and_agrees_with_the_loop(tmp_path):
+    """The fused kernel (one pass per weight) does the for-loop AdamW's arithmetic, rounded in another
+    order: after a few steps with weight decay, the weights agree to float tolerance."""
+    from bertkit.distributed import World
+
+    objective, _ = _objective()
+    loop = BertForPreTraining(objective.model.config)
+    loop.load_state_dict(objective.model.state_dict())
+    fused, _ = optimizer_and_schedule(objective.model, _config(tmp_path, warmup=0), Clock(None, World()))
+    assert fused.defaults["fused"] is True
+    plain = torch.optim.AdamW(param_groups(loop, 0.01), lr=1e-3, eps=1e-6, foreach=False)
+    torch.manual_seed(0)
+    for _ in range(3):
+        for a, b in zip(objective.model.parameters(), loop.parameters()):
+            a.grad = torch.randn_like(a)
+            b.grad = a.grad.clone()
+        fused.step()
+        plain.step()
+    for a, b in zip(objective.model.parameters(), loop.parameters()):
+        torch.testing.assert_close(a, b, rtol=1e-6, atol=1e-7)
+    assert fused_option([{"params": []}]) == {}  # nothing to update: the default
+
+
+def test_clip_gradients_equals_the_per_tensor_loop_bit_for_bit():
+    torch.manual_seed(0)
+    shapes = [(300, 64), (64,), (64, 64), (2, 64)]
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    loop = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    for a, b in zip(ours, loop):
+        a.grad = torch.randn_like(a)
+        b.grad = a.grad.clone()
+    ours.append(torch.nn.Parameter(torch.ones(3)))  # no gradient: left out, as torch does
+    norm = clip_gradients(ours, 1.0)
+    expected = torch.nn.utils.clip_grad_norm_(loop, 1.0, foreach=False)
+    assert torch.equal(norm, expected) and float(norm) > 1.0  # it did clip
+    assert all(torch.equal(a.grad, b.grad) for a, b in zip(ours, loop))
 
 
 def test_positions_roll_over_epochs():
@@ -144,9 +182,10 @@ def test_interrupt_saves_and_resume_continues_exactly(tmp_path, capsys):
 
 
 # Where a signal can land: the loop's own code, data loading, forward, backward, clipping, inside the
-# optimiser's update (between two parameters), the schedule, logging, evaluation and checkpoint writing.
+# optimiser's update (AdamW runs fused on the CPU: between the updates of two parameter groups), the
+# schedule, logging, evaluation and checkpoint writing.
 _PLACES = {"batch", "forward", "backward", "clip_grad_norm_", "step", "_single_tensor_adamw", "adamw",
-           "lerp_", "addcdiv_", "mul_", "zero_grad", "_log_window", "write", "validate", "save_checkpoint",
+           "_fused_adam", "_fused_adamw_", "lerp_", "addcdiv_", "mul_", "zero_grad", "_log_window", "write", "validate", "save_checkpoint",
            "write_checkpoint", "save_pretrained", "save_file", "write_text_atomically", "next_positions",
            "_train_step", "agreed"}
 
@@ -205,7 +244,7 @@ def test_a_signal_anywhere_in_a_step_resumes_bitwise(tmp_path, capsys):
     # and for certain, a third of the way in: inside the optimiser's update, backward, evaluation,
     # writing a checkpoint's tensors, writing a metrics row
     points += [counter.names.index(name, total // 3) + 1
-               for name in ("addcdiv_", "backward", "validate", "save_file", "write")]
+               for name in ("_fused_adamw_", "backward", "validate", "save_file", "write")]
     stopped = 0
     for n, at in enumerate(points):
         out = tmp_path / f"run{n}"

@@ -47,6 +47,7 @@ from bertkit.settings import (
     FinetuneArgs,
     IndexArgs,
     InfoArgs,
+    PrecisionChoice,
     PredictArgs,
     PrepareArgs,
     PretrainArgs,
@@ -61,6 +62,11 @@ from bertkit.settings import (
 def _device(args: argparse.Namespace) -> str:
     """--device as given (its spelling checked); whether the machine has it is checked when the model loads."""
     return config_from_args(DeviceChoice, args).device
+
+
+def _precision(args: argparse.Namespace) -> str:
+    """--precision of an inference command (auto, fp32, bf16, int8), checked."""
+    return config_from_args(PrecisionChoice, args).precision
 
 
 def _read_lines(source: str) -> list[str]:
@@ -215,14 +221,14 @@ def cmd_embed(args: argparse.Namespace) -> int:
         raise InputError(f"{'<stdin>' if a.input == '-' else a.input}: no texts to embed (one per line)")
     from bertkit.embedding import Embedder
 
-    embedder = Embedder.from_pretrained(a.model, device=device)
+    embedder = Embedder.from_pretrained(a.model, device=device, precision=_precision(args))
     vectors = embedder(texts, batch_size=a.batch_size, max_length=a.max_length, normalize=a.normalize,
                        progress=sys.stderr.isatty(), pooling=a.pooling, prompt=a.prompt, prompt_name=a.prompt_name,
-                       layer=a.layer, dimensions=a.dimensions, precision=a.precision)
+                       layer=a.layer, dimensions=a.dimensions, output_precision=a.output_precision)
     _write_vectors(texts, vectors, a.output)
     if a.output != "-":
         packed = {"binary": " (binary: 8 components a byte)", "ubinary": " (ubinary: 8 components a byte)"}
-        kind = packed.get(a.precision, "" if a.precision == "float32" else f" ({a.precision})")
+        kind = packed.get(a.output_precision, "" if a.output_precision == "float32" else f" ({a.output_precision})")
         print(f"wrote {plural(len(texts), 'vector')} of dimension {vectors.shape[1]}{kind} to {a.output}",
               file=sys.stderr)
     return 0
@@ -252,7 +258,7 @@ def _write_vectors(texts: list[str], vectors, output: str) -> None:
 
 
 def _write_vector_lines(texts: list[str], vectors, out) -> None:
-    integers = vectors.dtype.kind in "iu"  # --precision int8, uint8, binary, ubinary
+    integers = vectors.dtype.kind in "iu"  # --output-precision int8, uint8, binary, ubinary
     for text, vector in zip(texts, vectors):
         values = vector.tolist() if integers else [round(float(x), 7) for x in vector]
         out.write(json.dumps({"text": text, "embedding": values}, ensure_ascii=False))
@@ -264,7 +270,7 @@ def cmd_similarity(args: argparse.Namespace) -> int:
     device = _device(args)
     from bertkit.embedding import similarity_table
 
-    print(similarity_table(a.texts, a.model, device=device))
+    print(similarity_table(a.texts, a.model, device=device, precision=_precision(args)))
     return 0
 
 
@@ -404,7 +410,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     model = str(resolve_model(a.model))
     from bertkit.predict import run_evaluate
 
-    run_evaluate(model, a.data, _data_overrides(args), batch_size=a.batch_size, as_json=a.json, device=device)
+    run_evaluate(model, a.data, _data_overrides(args), batch_size=a.batch_size, as_json=a.json, device=device,
+                 precision=_precision(args))
     return 0
 
 
@@ -418,7 +425,8 @@ def cmd_predict(args: argparse.Namespace) -> int:
     model = str(resolve_model(a.model))
     from bertkit.predict import run_predict
 
-    run_predict(model, a.input, a.output, _data_overrides(args), batch_size=a.batch_size, device=device)
+    run_predict(model, a.input, a.output, _data_overrides(args), batch_size=a.batch_size, device=device,
+                precision=_precision(args))
     return 0
 
 
@@ -427,7 +435,7 @@ def cmd_fill_mask(args: argparse.Namespace) -> int:
     device = _device(args)
     from bertkit.fill_mask import FillMask
 
-    fill = FillMask.from_pretrained(resolve_model(a.model), device=device)
+    fill = FillMask.from_pretrained(resolve_model(a.model), device=device, precision=_precision(args))
     for n, candidates in enumerate(fill(a.text, top_k=a.top_k), start=1):
         print(f"[MASK] {n}:" if a.text.count("[MASK]") > 1 else "[MASK]:")
         for c in candidates:
@@ -482,7 +490,7 @@ def cmd_index(args: argparse.Namespace) -> int:
     fileio.check_output_dir(a.out)
     from bertkit.vector_index import run_index
 
-    index = run_index(a, device=device)
+    index = run_index(a, device=device, precision=_precision(args))
     print(f"{a.out}: an {index.kind} index of {plural(index.count, 'passage')} (dimension {index.dim})",
           file=sys.stderr)
     return 0
@@ -500,7 +508,8 @@ def cmd_search(args: argparse.Namespace) -> int:
     if index.unfinished:
         print(f"bertkit: note: {index.unfinished}", file=sys.stderr)
     results = index.search(queries, a.top_k, model=a.model, exact=a.exact or None,
-                           expansion_search=a.expansion_search, batch_size=a.batch_size, device=device)
+                           expansion_search=a.expansion_search, batch_size=a.batch_size, device=device,
+                           precision=_precision(args))
     for query, found in zip(queries, results):
         print(json_line(query, found) if a.json else format_results(query, found))
     return 0
@@ -558,9 +567,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     command("embed", cmd_embed, "Sentence embeddings for texts, one per line, as sentence-transformers makes them "
             "(the model's pooling and normalisation; a plain BERT: normalised mean pooling).", EmbedArgs,
-            DeviceChoice)
+            DeviceChoice, PrecisionChoice)
     command("similarity", cmd_similarity, "Cosine similarities between texts (a built-in set if none given).",
-            SimilarityArgs, DeviceChoice)
+            SimilarityArgs, DeviceChoice, PrecisionChoice)
     command("tokenize", cmd_tokenize, "Show the WordPiece tokens, ids and token types of texts (stdin if none "
             "given).", TokenizeArgs)
     command("prepare", cmd_prepare, "Tokenize raw text into memory-mapped shards for pretraining.", PrepareArgs)
@@ -576,16 +585,16 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, TrainConfig, skip=FINETUNE_DERIVED, defaults=FINETUNE_TRAINING)
 
     p = command("evaluate", cmd_evaluate, "Score a fine-tuned model on a labelled file.", EvaluateArgs,
-                DeviceChoice)
+                DeviceChoice, PrecisionChoice)
     add_config_options(p, DataOptions, unset=True)
     p = command("predict", cmd_predict, "Predict with a fine-tuned model; writes JSONL, one line per input.",
-                PredictArgs, DeviceChoice)
+                PredictArgs, DeviceChoice, PrecisionChoice)
     add_config_options(p, DataOptions, unset=True)
 
     command("demo", cmd_demo, "Embed with MiniLM, then train a vocabulary, prepare and pretrain a small BERT "
             "on the Penn Treebank, and fill masks with it (about 7 minutes on 2 cores).", DemoConfig)
     command("fill-mask", cmd_fill_mask, "Predict the tokens behind [MASK] with a masked-LM checkpoint.",
-            FillMaskArgs, DeviceChoice)
+            FillMaskArgs, DeviceChoice, PrecisionChoice)
 
     p = command("tokenizer", lambda a: (p_tok.print_help(), 2)[1], "Train WordPiece vocabularies.")
     p_tok = p
@@ -597,9 +606,9 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(t, TokenizerTrainArgs)
 
     command("index", cmd_index, "Embed text or JSONL passages into an index folder for `bertkit search` "
-            "(resumable; --add appends).", IndexArgs, DeviceChoice)
+            "(resumable; --add appends).", IndexArgs, DeviceChoice, PrecisionChoice)
     command("search", cmd_search, "The passages of an index nearest to a query (or to each line of --queries "
-            "FILE): exact, or HNSW for large indexes.", SearchArgs, DeviceChoice)
+            "FILE): exact, or HNSW for large indexes.", SearchArgs, DeviceChoice, PrecisionChoice)
     command("info", cmd_info, "Describe a checkpoint: architecture, sizes, parameters, labels.", InfoArgs)
     command("attention", cmd_attention, "Draw a layer's attention weights over a text: one head as a heat map "
             "of word pieces, or a grid of all heads.", AttentionArgs, DeviceChoice)

@@ -94,6 +94,11 @@ def bf16_supported(device: torch.device) -> bool:
     return " avx512_bf16" in flags or " amx_bf16" in flags
 
 
+def inference_precision(model: nn.Module) -> str:
+    """The precision set_inference_precision gave `model` (auto when none)."""
+    return getattr(model, "inference_precision", "auto")
+
+
 def inference_bf16(device: torch.device, bf16: bool | None = None) -> bool:
     """Whether inference runs under bf16 autocast: bf16=None (the default) turns it on for a CUDA
     device with native bf16 only. A CPU stays fp32 unless asked (bf16=True): on a CPU without
@@ -103,9 +108,13 @@ def inference_bf16(device: torch.device, bf16: bool | None = None) -> bool:
     return device.type == "cuda" and bf16_supported(device)
 
 
-def inference_autocast(device: torch.device, bf16: bool | None = None) -> contextlib.AbstractContextManager:
-    """The autocast context inference runs in (a no-op when inference_bf16 says fp32). Outputs are
-    read back with `.float()`, so callers see float32 either way."""
+def inference_autocast(device: torch.device | nn.Module, bf16: bool | None = None) -> contextlib.AbstractContextManager:
+    """The autocast context inference runs in (a no-op when inference_bf16 says fp32). Given a model
+    instead of a device: its device, and bf16 as its inference precision says (auto: inference_bf16's
+    rule). Outputs are read back with `.float()`, so callers see float32 either way."""
+    if isinstance(device, nn.Module):
+        precision = inference_precision(device)
+        device, bf16 = model_device(device), {"bf16": True, "auto": bf16}.get(precision, False)
     if not inference_bf16(device, bf16):
         return contextlib.nullcontext()
     return torch.autocast(device.type, dtype=torch.bfloat16)

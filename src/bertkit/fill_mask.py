@@ -7,9 +7,15 @@ from typing import NamedTuple
 
 import torch
 
-from bertkit.devices import inference_autocast, model_device, resolve_device, to_device
+from bertkit.devices import (
+    inference_autocast,
+    model_device,
+    resolve_device,
+    to_device,
+)
 from bertkit.errors import InputError
 from bertkit.heads import BertForMaskedLM
+from bertkit.quantize import set_inference_precision
 from bertkit.tokenizer import Tokenizer
 
 
@@ -19,19 +25,22 @@ class Candidate(NamedTuple):
 
 
 class FillMask:
-    def __init__(self, model: BertForMaskedLM, tokenizer: Tokenizer, *, device: str | torch.device | None = None):
-        """device: where to run the model (auto, cpu, cuda, cuda:N, mps); None leaves it where it is."""
+    def __init__(self, model: BertForMaskedLM, tokenizer: Tokenizer, *, device: str | torch.device | None = None,
+                 precision: str = "auto"):
+        """device: where to run the model (auto, cpu, cuda, cuda:N, mps); None leaves it where it is.
+        precision: how it computes (auto, fp32, bf16, int8)."""
         if device is not None:
             model = model.to(resolve_device(device))
-        self.model = model.eval()
+        self.model = set_inference_precision(model.eval(), precision, tokenizer)
         self.device = model_device(self.model)
         self.tokenizer = tokenizer
 
     @classmethod
-    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "auto") -> FillMask:
+    def from_pretrained(cls, path: str | os.PathLike, *, device: str | torch.device = "auto",
+                        precision: str = "auto") -> FillMask:
         model = BertForMaskedLM.from_pretrained(
             path, require=("mlm.", "masked-LM head (cls.predictions), so it cannot fill masks"))
-        return cls(model, Tokenizer.from_pretrained(path), device=device)
+        return cls(model, Tokenizer.from_pretrained(path), device=device, precision=precision)
 
     @torch.inference_mode()
     def __call__(self, text: str, *, top_k: int = 5) -> list[list[Candidate]]:
@@ -43,7 +52,7 @@ class FillMask:
         if len(where) == 0:
             raise InputError(f"no [MASK] token in {text!r}")
         batch = to_device({k: enc[k] for k in ("input_ids", "token_type_ids", "attention_mask")}, self.device)
-        with inference_autocast(self.device):
+        with inference_autocast(self.model):
             logits = self.model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits[0]  # (T, V)
         probs = logits[where.to(self.device)].float().softmax(-1).cpu()  # (masks, V), float32 on the CPU
         top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)

@@ -20,8 +20,11 @@ from bertkit import distributed
 from bertkit.best import best_evaluation
 from bertkit.config import BertConfig
 from bertkit.distributed import World
+from bertkit.errors import InputError
 from bertkit.fileio import write_text_atomically
 from bertkit.heads import HEADS
+from bertkit.labels import IGNORE
+from bertkit.packing import PackedBatches, padding_report
 from bertkit.predict import check_max_length, evaluate_examples, long_inputs, with_settings
 from bertkit.runs import TrainState, adapt_to_checkpoint, start_run
 from bertkit.settings import FinetuneArgs, TrainConfig  # torch-free there, for the command line
@@ -52,14 +55,15 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config: TrainCo
     """`bertkit finetune`: returns the best (or last) dev metrics."""
     world = distributed.init()
     try:
+        task = make_task(args.task, options)
+        check_packing(task, train_config.pack)
         start_run(train_config, world)  # before any reading: a refused --out costs nothing
         train_config = adapt_to_checkpoint(train_config, world)
         device = distributed.device_for(world, train_config.device)
         say = print if world.is_main else (lambda *a, **k: None)
-        task = make_task(args.task, options)
         data = read_data(task, args)
         say(_data_summary(task, data), flush=True)
-        source = task.batches(data.train.features, pad_id=data.tokenizer.pad_token_id, seed=train_config.seed)
+        source = batch_source(task, data, train_config)
         config = epoch_schedule(train_config, source, args.epochs, world, best_metric=task.metric,
                                 evaluates=bool(data.dev_examples))
         model = build_model(task, args, data, seed=train_config.seed).to(device)
@@ -68,6 +72,8 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config: TrainCo
             f"{'examples' if task.name in ('embed', 'choice') else 'sequences'}, lr {config.lr:g}, "
             f"{'loaded' if data.same_head else 'new'} {task.architecture} head"
             f"{', all weights re-initialised' if args.random_init else ''}, {device.type}", flush=True)
+        if world.is_main and task.packed_token_keys is not None:
+            print(padding_report(source, config.batch_size, row_length=task.options.max_length), flush=True)
 
         def evaluate() -> dict[str, float]:
             return evaluate_examples(task, model, data.tokenizer, data.dev_examples, data.dev,
@@ -78,6 +84,20 @@ def run_finetune(args: FinetuneArgs, options: DataOptions, train_config: TrainCo
         return _best_dev_metrics(state, config, world)
     finally:
         distributed.shutdown(world)
+
+
+def check_packing(task: Task, pack: bool) -> None:
+    if pack and task.packed_token_keys is None:
+        raise InputError(f"--pack packs pretraining and finetune --task classify or tag, not --task {task.name}")
+
+
+def batch_source(task: Task, data: Data, config: TrainConfig):
+    """The training batches, packed with --pack: the same examples in the same batches."""
+    source = task.batches(data.train.features, pad_id=data.tokenizer.pad_token_id, seed=config.seed)
+    if not config.pack:
+        return source
+    return PackedBatches(source, row_length=task.options.max_length, token_keys=task.packed_token_keys,
+                         pads={"input_ids": data.tokenizer.pad_token_id, "labels": IGNORE})
 
 
 def read_data(task: Task, args: FinetuneArgs) -> Data:

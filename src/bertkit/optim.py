@@ -100,12 +100,29 @@ class Clock:
         return self.fraction >= 1.0 if self.budget is not None else step >= steps
 
 
+FUSED_DEVICES = ("cuda", "cpu")
+"""Where AdamW runs fused: one kernel pass updates each weight, its moments and its gradient read,
+instead of a dozen whole-tensor operations one after another (PyTorch's default on the CPU).
+Measured on the 2-core CPU (all-MiniLM-L6-v2's 22.7M weights, steps alternating, a loaded machine):
+the optimiser step 2.7-4.6x faster (1.87 s -> 0.40 s at load 14), agreeing with the default to 5e-8
+relative after a step (the same arithmetic, rounded in another order; fine-tuning and pretraining
+metrics within 2e-7 relative after 8 steps) — within float tolerance."""
+
+
 def fused_option(groups: list[dict]) -> dict[str, bool]:
-    """{"fused": True} when every parameter is on a CUDA device: one kernel updates all the weights
-    instead of a few per tensor (PyTorch's AdamW docs). Elsewhere nothing, so a CPU run keeps
-    the default implementation and its exact numbers."""
+    """{"fused": True} when every parameter is on a device of FUSED_DEVICES; elsewhere (MPS)
+    nothing: the default implementation."""
     params = [p for g in groups for p in g["params"]]
-    return {"fused": True} if params and all(p.device.type == "cuda" for p in params) else {}
+    return {"fused": True} if params and all(p.device.type in FUSED_DEVICES for p in params) else {}
+
+
+def clip_gradients(parameters, max_norm: float) -> torch.Tensor:
+    """Clip the global gradient norm to max_norm; returns the norm before clipping. On the CPU and
+    CUDA through the multi-tensor (foreach) norm, which gives the same numbers as the per-tensor
+    loop PyTorch picks by default on the CPU (checked bit for bit) in 0.75-0.9x its time."""
+    params = [p for p in parameters if p.grad is not None]
+    foreach = True if params and all(p.device.type in FUSED_DEVICES for p in params) else None
+    return torch.nn.utils.clip_grad_norm_(params, max_norm, foreach=foreach)
 
 
 def optimizer_and_schedule(model: nn.Module, config: TrainConfig, clock: Clock):

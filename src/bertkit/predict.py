@@ -20,11 +20,12 @@ import torch
 
 from bertkit import distributed
 from bertkit.config import BertConfig
-from bertkit.devices import inference_autocast, model_device, resolve_device
+from bertkit.devices import inference_autocast, resolve_device
 from bertkit.distributed import World
 from bertkit.errors import CheckpointError, InputError
 from bertkit.fileio import check_input_file, read_lines, write_text_atomically
 from bertkit.heads import HEADS
+from bertkit.quantize import set_inference_precision
 from bertkit.sentence import load_tokenizer, read_settings
 from bertkit.tasks import DataOptions, Task, make_task, task_for_architecture
 from bertkit.tasks.base import BadInput, Featurized, model_outputs
@@ -77,9 +78,9 @@ def check_max_length(max_length: int, config: BertConfig) -> None:
 
 
 def load_finetuned(model_dir: str | Path, overrides: dict[str, Any] | None = None, *,
-                   device: str | torch.device | None = "auto") -> Loaded:
+                   device: str | torch.device | None = "auto", precision: str = "auto") -> Loaded:
     """A fine-tuned checkpoint with its task, reading options and tokenizer, on `device` (None or
-    auto: a GPU if there is one, else the CPU)."""
+    auto: a GPU if there is one, else the CPU), computing in `precision` (auto, fp32, bf16, int8)."""
     config = BertConfig.load(model_dir)
     architecture = (config.architectures or ["BertModel"])[0]
     task_name = saved_settings(config).get("task")
@@ -99,6 +100,7 @@ def load_finetuned(model_dir: str | Path, overrides: dict[str, Any] | None = Non
     model = head.from_pretrained(model_dir).eval()
     model.to(resolve_device(device))
     tokenizer = load_tokenizer(model_dir) if task.name == "embed" else Tokenizer.from_pretrained(model_dir)
+    set_inference_precision(model, precision, tokenizer)
     return Loaded(task, model, tokenizer, model.config)
 
 
@@ -120,7 +122,7 @@ def predict_examples(task: Task, model, tokenizer, examples: list, featurized: F
     featurized = featurized or task.featurize(examples, tokenizer, model.config, BadInput())
 
     def run(features: list) -> list:
-        with inference_autocast(model_device(model)):
+        with inference_autocast(model):
             return model_outputs(lambda b: task.outputs(model, b), model, features,
                                  pad_id=tokenizer.pad_token_id, batch_size=batch_size, progress=progress)
 
@@ -155,8 +157,8 @@ def long_inputs(task: Task, featurized: Featurized) -> str:
 
 
 def run_evaluate(model_dir: str, data: Path, overrides: dict[str, Any], *, batch_size: int = 64,
-                 as_json: bool = False, device: str = "auto") -> dict[str, float]:
-    loaded = load_finetuned(model_dir, overrides, device=device)
+                 as_json: bool = False, device: str = "auto", precision: str = "auto") -> dict[str, float]:
+    loaded = load_finetuned(model_dir, overrides, device=device, precision=precision)
     bad = BadInput(loaded.task.options.skip_bad_lines)
     examples = loaded.task.read(data, bad)
     featurized = loaded.task.featurize(examples, loaded.tokenizer, loaded.config, bad)
@@ -172,9 +174,9 @@ def run_evaluate(model_dir: str, data: Path, overrides: dict[str, Any], *, batch
 
 
 def run_predict(model_dir: str, source: str, output: str, overrides: dict[str, Any], *,
-                batch_size: int = 64, device: str = "auto") -> int:
+                batch_size: int = 64, device: str = "auto", precision: str = "auto") -> int:
     """Predictions as JSONL, one line per input, to `output` ('-' for stdout)."""
-    loaded = load_finetuned(model_dir, overrides, device=device)
+    loaded = load_finetuned(model_dir, overrides, device=device, precision=precision)
     bad = BadInput(loaded.task.options.skip_bad_lines)
     examples = read_inputs(loaded.task, source, bad)
     featurized = loaded.task.featurize(examples, loaded.tokenizer, loaded.config, bad)

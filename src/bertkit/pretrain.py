@@ -19,6 +19,7 @@ from bertkit.errors import BertkitError, InputError
 from bertkit.heads import BertForMaskedLM, BertForPreTraining
 from bertkit.labels import IGNORE
 from bertkit.objective import LossSum, Mean, Objective, Step, correct, cross_entropy_loss, labelled
+from bertkit.packing import PackedBatches, padding_report
 from bertkit.settings import OBJECTIVES, PretrainArgs  # torch-free there, for the command line
 
 # What the model saw at a selected position: [MASK], another (random) token, or the token itself.
@@ -199,6 +200,12 @@ def evaluation_masking(config):
     return dataclasses.replace(config, mask_rate=0.15, mask_split="bert", max_predictions_per_seq=None)
 
 
+def packed(batches, tok, max_length: int) -> PackedBatches:
+    """--pack: every batch's examples (masked as unpacked) packed into rows of max_length tokens."""
+    return PackedBatches(batches, row_length=max_length, token_keys=("input_ids", "token_type_ids", "labels"),
+                         pads={"input_ids": tok.pad_token_id, "labels": IGNORE})
+
+
 def describe_length(config) -> str:
     if config.time_budget is None:
         return f"{config.steps} steps"
@@ -229,7 +236,8 @@ def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
         device = distributed.device_for(world, train_config.device)
         meta, train, valid, tok = load_prepared(args.data)
         data_config = dataclasses.replace(args, seed=train_config.seed)  # a run has one seed
-        train_source = PretrainingBatches(train, tok, data_config)
+        batches = PretrainingBatches(train, tok, data_config)
+        train_source = packed(batches, tok, args.max_length) if train_config.pack else batches
         valid_source = PretrainingBatches(valid, tok, evaluation_masking(data_config), drop_last=False)
         guard_not_empty(train_source.num_batches(0, train_config.batch_size, world_size=world.world_size),
                         f"{args.data}/train")
@@ -249,7 +257,7 @@ def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
             return {**metrics, **baselines}  # side by side in metrics.jsonl and TensorBoard
 
         if world.is_main:
-            examples = len(train_source.examples(0))
+            examples = len(batches.examples(0))
             print(
                 f"model: {args.config}, {num_parameters(model) / 1e6:.1f}M parameters, objective {args.objective}; "
                 f"data: {train.num_tokens:,} tokens, {examples:,} examples of up to {args.max_length} tokens per epoch; "
@@ -258,6 +266,7 @@ def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
                 f"held-out baselines: {describe_baselines(baselines)}",
                 flush=True,
             )
+            print(padding_report(train_source, train_config.batch_size, row_length=args.max_length), flush=True)
         state = fit(objective, train_source, train_config, evaluate=evaluate if len(valid) else None,
                     tokenizer=tok, world=world)
         final = next((r for r in reversed(state.history) if r.get("split") == "valid"), {})

@@ -117,6 +117,10 @@ class TrainConfig:
     device: str = "auto"
     """Where training runs: auto (under torchrun one GPU per process when there is CUDA, else the
     CPU), cpu, cuda, cuda:N or mps."""
+    pack: bool = False
+    """Pack each batch's examples several to a row of max_length tokens (positions restart and
+    attention stays within each example): less padding, the same examples and losses (pretrain;
+    finetune --task classify or tag)."""
 
     def __post_init__(self) -> None:
         self.out = Path(self.out)
@@ -124,6 +128,8 @@ class TrainConfig:
         check_device(self.device)
         if self.best_metric:
             lower_is_better(self.best_metric)  # an unknown metric is refused before any work
+        if self.pack and self.compile:
+            raise InputError("--pack does not work with --compile: a compiled graph cannot tell packed rows apart")
 
     def check_steps(self) -> None:
         """Once the number of steps is final (fine-tuning derives it from epochs)."""
@@ -209,6 +215,19 @@ class PretrainingConfig:
         return self.max_length - (2 if self.objective == "mlm" else 3)
 
 
+PAPER_MASK_RATE = 0.15
+"""BERT paper §3.1: 15% of tokens selected for MLM."""
+SMALL_BUDGET_MASK_RATE = {"tiny": 0.4, "mini": 0.4}
+"""`bertkit pretrain`'s default --mask-rate for the small presets: on Penn Treebank `tiny` (32 x 64
+tokens, lr 2e-3) 40% reaches the held-out [MASK] accuracy of 1,000 steps at 15% in ~55% of the
+steps (README, Pretraining from raw text)."""
+
+
+def small_budget_mask_rate(config: str) -> float:
+    """The default --mask-rate of `bertkit pretrain --config config`."""
+    return SMALL_BUDGET_MASK_RATE.get(config, PAPER_MASK_RATE)
+
+
 @dataclass(frozen=True, kw_only=True)
 class PretrainArgs(PretrainingConfig):
     """`bertkit pretrain`: how examples are made and masked (PretrainingConfig's fields), the model
@@ -219,12 +238,18 @@ class PretrainArgs(PretrainingConfig):
     """Directory written by `bertkit prepare`."""
     config: str = "mini"
     """Model size: tiny, mini, small, medium, base, large, or a config.json."""
+    mask_rate: float | None = None  # None: by --config, small_budget_mask_rate()
+    """Fraction of real tokens selected for MLM; default by --config: 0.4 for tiny and mini (measured to
+    learn faster on a small budget, see the README), 0.15 (BERT paper §3.1) for larger presets and
+    config.json files. --mask-rate 0.15 --mask-split bert is the paper's masking."""
     init_from: str | None = None
     """Start from this checkpoint (continued pretraining) instead of random weights."""
     eval_batches: int = 50
     """Cap on validation batches per evaluation (0: all)."""
 
     def __post_init__(self) -> None:
+        if self.mask_rate is None:
+            object.__setattr__(self, "mask_rate", small_budget_mask_rate(self.config))
         super().__post_init__()
         model_spec("config", self.config)
         at_least("eval_batches", self.eval_batches, 0)
@@ -484,6 +509,30 @@ class DeviceChoice:
         check_device(self.device)
 
 
+INFERENCE_PRECISIONS = ("auto", "fp32", "bf16", "int8")
+
+
+def check_inference_precision(value: object) -> str:
+    if value not in INFERENCE_PRECISIONS:
+        hint = (f" ({value} is an output format: --output-precision {value})"
+                if value in EMBED_PRECISIONS and value != "int8" else "")
+        raise InputError(f"--precision must be one of {', '.join(INFERENCE_PRECISIONS)}, got {value!r}{hint}")
+    return value
+
+
+@dataclass
+class PrecisionChoice:
+    """A command that runs a model for inference: in which precision (the commands' --precision)."""
+
+    precision: str = field(default="auto", metadata=choices(INFERENCE_PRECISIONS))
+    """How the model computes: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 (autocast), or int8 (CPU
+    only: the encoder's matrix multiplies in int8, calibrated when the model loads; ~1.3x fp32, vectors within
+    cosine 0.99 of fp32's)."""
+
+    def __post_init__(self) -> None:
+        check_inference_precision(self.precision)
+
+
 # output precisions of `bertkit embed` (bertkit.embedding.quantize), sentence-transformers' names
 EMBED_PRECISIONS = ("float32", "int8", "uint8", "binary", "ubinary")
 
@@ -516,8 +565,8 @@ class EmbedArgs(ModelChoice):
     0 the embeddings."""
     dimensions: int | None = None
     """Keep the first N components (Matryoshka models), rescaled to unit length when normalised."""
-    precision: str = field(default="float32", metadata=choices(EMBED_PRECISIONS))
-    """Output values as sentence-transformers' quantize_embeddings makes them: int8/uint8 cut each
+    output_precision: str = field(default="float32", metadata=choices(EMBED_PRECISIONS))
+    """Output values as sentence-transformers' quantize_embeddings makes them (its `precision`): int8/uint8 cut each
     component's range over the texts embedded together into 256 steps; binary/ubinary pack one bit
     (> 0) per component, 8 to a byte. .npy keeps the type; JSONL writes integers."""
     tokens: bool = False
@@ -548,10 +597,10 @@ class EmbedArgs(ModelChoice):
             integer("layer", self.layer)
         if self.dimensions is not None:
             at_least("dimensions", self.dimensions, 1)
-        one_of("precision", self.precision, EMBED_PRECISIONS)
-        if self.tokens and (self.pooling or self.dimensions or self.precision != "float32"
+        one_of("output_precision", self.output_precision, EMBED_PRECISIONS)
+        if self.tokens and (self.pooling or self.dimensions or self.output_precision != "float32"
                             or self.prompt is not None or self.prompt_name is not None):
-            raise InputError("--pooling, --prompt, --prompt-name, --dimensions and --precision shape sentence "
+            raise InputError("--pooling, --prompt, --prompt-name, --dimensions and --output-precision shape sentence "
                              "vectors; --tokens writes one vector per word piece of the text as it is")
 
 

@@ -31,7 +31,7 @@ from bertkit.distributed import World
 from bertkit.errors import BertkitError
 from bertkit.metrics_log import MetricsLog, progress_bar
 from bertkit.objective import StepSums
-from bertkit.optim import Clock, optimizer_and_schedule
+from bertkit.optim import Clock, clip_gradients, optimizer_and_schedule
 from bertkit.options import PRECISIONS
 from bertkit.runs import Position, TrainState, next_positions
 from bertkit.settings import TrainConfig  # torch-free there, for the command line
@@ -221,7 +221,7 @@ def _train_step(module, objective, source, positions, config, world, device, aut
     counts: dict[str, float] = {}
     for b in on_cpu:
         _add(counts, objective.counts(b))
-    tokens = [float(b["attention_mask"].sum()) for b in on_cpu]
+    tokens = [float(b["attention_mask"].bool().sum()) for b in on_cpu]  # packed masks count examples 1..k
     batches = [to_device(b, device) for b in on_cpu]
     global_counts = reduce_sums(counts, world)
     sums: dict[str, float | Tensor] = {f"n_{k}": v for k, v in counts.items()}
@@ -234,9 +234,9 @@ def _train_step(module, objective, source, positions, config, world, device, aut
         loss.backward()
         _add(sums, {f"loss_{k}": v for k, v in out.losses.items()})
         _add(sums, out.metrics)
-        _add(sums, {"tokens": tokens[i]})
+        _add(sums, {"tokens": tokens[i], "slots": float(on_cpu[i]["attention_mask"].numel())})
     if config.max_grad_norm:
-        _add(sums, {"grad_norm": torch.nn.utils.clip_grad_norm_(objective.model.parameters(), config.max_grad_norm)})
+        _add(sums, {"grad_norm": clip_gradients(objective.model.parameters(), config.max_grad_norm)})
     return sums
 
 
@@ -258,6 +258,7 @@ def _log_window(objective: Objective, state: TrainState, log: MetricsLog, world:
     total = reduce_sums(state.window, world)
     row = {"step": state.step, "split": "train", "lr": lr, **objective.summarize(total)}
     row["tokens_per_s"] = total.get("tokens", 0.0) / max(seconds, 1e-9)
+    row["padding"] = 1 - total.get("tokens", 0.0) / max(total.get("slots", 0.0), 1.0)  # share of token slots
     if grad_norm is not None:
         row["grad_norm"] = grad_norm / max(state.window_steps, 1)
     row["epoch"] = state.position.epoch

@@ -352,7 +352,8 @@ class VectorIndex:
     def _offsets(self, part: int) -> np.ndarray:
         return np.load(self.path / f"{TEXTS}/{part:03d}.offsets.npy", mmap_mode="r", allow_pickle=False)
 
-    def embedder(self, model: str | os.PathLike | None = None, *, device: str = "auto") -> Embedder:
+    def embedder(self, model: str | os.PathLike | None = None, *, device: str = "auto",
+                 precision: str = "auto") -> Embedder:
         """The index's model, or `model`: the same weights found elsewhere (the index's folder moved);
         a different model's query vectors would not compare with the passages', so it is refused."""
         if model is None:
@@ -370,7 +371,7 @@ class VectorIndex:
             if self.manifest.get("model_fingerprint") not in (None, model_fingerprint(directory)):
                 raise InputError(f"--model {model}: not the model the index at {self.path} was built with "
                                  f"({self.manifest['model']}); queries and passages must be embedded by one model")
-        embedder = _load_embedder(str(model) if model is not None else self.manifest["model"], device)
+        embedder = _load_embedder(str(model) if model is not None else self.manifest["model"], device, precision)
         if embedder.dim != self.dim:
             raise InputError(f"--model {model}: gives vectors of dimension {embedder.dim}, the index at {self.path} "
                              f"holds dimension {self.dim}")
@@ -378,14 +379,14 @@ class VectorIndex:
 
     def search(self, queries: str | Sequence[str], k: int = 10, *, model: str | os.PathLike | None = None,
                exact: bool | None = None, expansion_search: int | None = None, batch_size: int = 32,
-               device: str = "auto"):
+               device: str = "auto", precision: str = "auto"):
         """Top-k passages per query: a list (per query) of [{"id", "score", "text"}, ...], best first;
-        a single string query gives one list. device: where the queries are embedded."""
+        a single string query gives one list. device, precision: where and how the queries are embedded."""
         if isinstance(queries, str):
             return self.search([queries], k, model=model, exact=exact, expansion_search=expansion_search,
-                               batch_size=batch_size, device=device)[0]
+                               batch_size=batch_size, device=device, precision=precision)[0]
         queries = list(queries)
-        embedder = self.embedder(model, device=device)
+        embedder = self.embedder(model, device=device, precision=precision)
         vectors = embedder(queries, batch_size=batch_size, max_length=self.manifest["settings"]["max_length"],
                            normalize=True, **prompt_kwargs(embedder, "query"))  # (Q, D)
         scores, rows = self.search_vectors(vectors, k, exact=exact, expansion_search=expansion_search)
@@ -398,8 +399,8 @@ class VectorIndex:
 
 
 @lru_cache(maxsize=2)
-def _load_embedder(model: str, device: str = "auto") -> Embedder:
-    return Embedder.from_pretrained(resolve_model(model), device=device)
+def _load_embedder(model: str, device: str = "auto", precision: str = "auto") -> Embedder:
+    return Embedder.from_pretrained(resolve_model(model), device=device, precision=precision)
 
 
 def prompt_kwargs(embedder: Embedder, kind: str) -> dict[str, str]:
@@ -413,7 +414,8 @@ def prompt_kwargs(embedder: Embedder, kind: str) -> dict[str, str]:
 def search(index: str | os.PathLike | VectorIndex, queries: str | Sequence[str], k: int = 10,
            **options: Any) -> list[list[dict[str, Any]]] | list[dict[str, Any]]:
     """`bertkit search` in Python: [{"id", "score", "text"}, ...] per query, best first (one list
-    for a single string). `options`: model, exact, expansion_search, batch_size, device (VectorIndex.search)."""
+    for a single string). `options`: model, exact, expansion_search, batch_size, device, precision
+    (VectorIndex.search)."""
     index = index if isinstance(index, VectorIndex) else VectorIndex(index)
     return index.search(queries, k, **options)
 
@@ -422,17 +424,18 @@ def search(index: str | os.PathLike | VectorIndex, queries: str | Sequence[str],
 
 
 def build_index(corpus: str | os.PathLike | Sequence[str | os.PathLike], model: str | os.PathLike | None = None,
-                *, out: str | os.PathLike, say: Say = _stderr, device: str = "auto", **options: Any) -> VectorIndex:
+                *, out: str | os.PathLike, say: Say = _stderr, device: str = "auto", precision: str = "auto",
+                **options: Any) -> VectorIndex:
     """`bertkit index` in Python: embed the corpus files into the index folder `out` (options as
     IndexArgs: add, overwrite, batch_size, max_length, exact, approximate, chunk_size, ...), the
-    model on `device`."""
+    model on `device`, computing in `precision`."""
     files = [corpus] if isinstance(corpus, (str, os.PathLike)) else list(corpus)
     args = IndexArgs(corpus=[Path(f) for f in files], out=Path(out),
                      model=None if model is None else str(model), **options)
-    return run_index(args, say=say, device=device)
+    return run_index(args, say=say, device=device, precision=precision)
 
 
-def run_index(a: IndexArgs, *, say: Say = _stderr, device: str = "auto") -> VectorIndex:
+def run_index(a: IndexArgs, *, say: Say = _stderr, device: str = "auto", precision: str = "auto") -> VectorIndex:
     """Read and check the corpus, then embed chunk by chunk, resuming an unfinished build of the
     same corpus; then build or extend the HNSW graph when the index is approximate."""
     files = [fileio.check_input_file(f) for f in a.corpus]
@@ -441,7 +444,7 @@ def run_index(a: IndexArgs, *, say: Say = _stderr, device: str = "auto") -> Vect
         if not passages:
             raise InputError(f"{name}: no passages (a text file has one per line; JSONL a {a.text_field!r} field)")
     manifest, part = _start_or_resume(a, files, read, say)
-    embedder = _load_embedder(_model_name(a.model) if a.model is not None else manifest["model"], device)
+    embedder = _load_embedder(_model_name(a.model) if a.model is not None else manifest["model"], device, precision)
     if embedder.dim != manifest["dimension"]:
         raise InputError(f"--model {a.model}: gives vectors of dimension {embedder.dim}, the index at {a.out} "
                          f"holds dimension {manifest['dimension']}")

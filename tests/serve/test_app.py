@@ -65,6 +65,17 @@ def test_openai_embeddings_are_the_offline_vectors(minilm, offline):
     np.testing.assert_allclose(vectors, offline(TEXTS), atol=1e-6, rtol=0)
 
 
+def test_served_in_int8_the_vectors_are_the_offline_int8_ones(minilm_dir, offline):
+    """`bertkit serve --precision int8`: the same int8 model as `bertkit embed --precision int8`."""
+    int8 = bertkit.Embedder.from_pretrained(minilm_dir, device="cpu", precision="int8")
+    with served(minilm_dir, precision="int8") as client:
+        r = client.post("/v1/embeddings", json={"input": TEXTS})
+    assert r.status_code == 200, r.text
+    vectors = np.array([d["embedding"] for d in r.json()["data"]], dtype=np.float32)
+    np.testing.assert_allclose(vectors, int8(TEXTS), atol=1e-5, rtol=0)
+    assert (vectors * offline(TEXTS)).sum(-1).min() > 0.99  # and near fp32
+
+
 def test_a_single_string_base64_and_dimensions(minilm, offline):
     expected = offline(TEXTS[:2])  # (2, 384), unit length
     r = minilm.post("/v1/embeddings", json={"input": TEXTS[0], "encoding_format": "base64"}).json()

@@ -61,15 +61,15 @@ class Service:
         if architecture in _task_architectures():
             from bertkit.predict import load_finetuned
 
-            self.loaded = load_finetuned(directory, device=args.device)
+            self.loaded = load_finetuned(directory, device=args.device, precision=args.precision)
             self.embedder = Embedder.around(self.loaded.model.bert, self.loaded.tokenizer, directory)
         elif architecture in MLM_ARCHITECTURES:
             from bertkit.fill_mask import FillMask
 
-            self.fill = FillMask.from_pretrained(directory, device=args.device)
+            self.fill = FillMask.from_pretrained(directory, device=args.device, precision=args.precision)
             self.embedder = Embedder.around(self.fill.model.bert, self.fill.tokenizer, directory)
         else:  # a plain BERT or a sentence-transformers folder: vectors as its files say
-            self.embedder = Embedder.from_pretrained(directory, device=args.device)
+            self.embedder = Embedder.from_pretrained(directory, device=args.device, precision=args.precision)
         self.tokenizer = self.embedder.tokenizer
         self.config = self.embedder.model.config
         self.max_length = self.embedder._limit(None)  # the offline rule: the tokenizer's and the positions' limit

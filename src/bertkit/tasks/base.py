@@ -321,6 +321,8 @@ class Task:
     """The validation metric that picks the best checkpoint by default."""
     file_suffixes: ClassVar[tuple[str, ...]] = ()
     """Files `predict` reads with the task's reader (others are plain text, an input per line)."""
+    packed_token_keys: ClassVar[tuple[str, ...] | None] = None
+    """The per-token keys of a training batch that --pack packs (packing.py); None: no packing."""
 
     def __init__(self, options: DataOptions | None = None):
         self.options = options or DataOptions()

@@ -56,6 +56,7 @@ class Classify(Task):
     name = "classify"
     architecture = "BertForSequenceClassification"
     file_suffixes = (".csv", ".tsv", ".jsonl")
+    packed_token_keys = ("input_ids", "token_type_ids")  # labels are per example: one pooled [CLS] each
     @property
     def metric(self) -> str:  # type: ignore[override]
         return "pearson" if self.options.regression else "accuracy"

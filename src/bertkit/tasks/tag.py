@@ -173,6 +173,7 @@ class Tag(Task):
     # `bertkit predict` reads these with the task's reader; other files (.txt) are plain text, a
     # sentence per line.
     file_suffixes = (".conll", ".conllu", ".bio", ".iob", ".iob2", ".jsonl")
+    packed_token_keys = ("input_ids", "token_type_ids", "labels")  # a label per token
 
     labels: list[str] | None = None
     """The tag set, once known (label_names, configure, postprocess, metrics): decides the metric."""

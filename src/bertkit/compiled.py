@@ -1,0 +1,133 @@
+"""torch.compile for inference: the padded encoder, one graph per length bucket.
+
+The eager unpadded path (model.py) computes nothing for padding, but its number of real tokens is
+data, which a compiled graph would freeze. A compiled graph therefore runs the padded path, and
+every batch is padded up to its *bucket* (rows: `bucket_length(B, 1)`; tokens: `bucket_length(T)`)
+so that a run sees a handful of shapes, each compiled once and reused: the buckets grow
+geometrically (16, 32, 48, 64, then 1.5x or 4/3x the one before: 96, 128, 192, 256, 384, 512),
+which keeps the graphs of a 512-token model at ten per batch size. The attention mask
+keeps the added padding out of every real token's result, so the vectors are the eager ones
+(<=1e-5, fp32), and the outputs are cut back to the batch's own shape.
+
+Not wired into embed/predict/serve by default, because on this 2-core CPU it does not pay
+(bench/compile_inference.py, all-MiniLM-L6-v2, fp32, 512 Penn Treebank texts in length-sorted
+batches of 32, 2 threads, taking turns with eager batch by batch): compiled 0.93x the eager
+unpadded path in steady state (1.035x the same padded batches run eagerly: the fusions win less
+than the buckets' padding costs), and compiling the 8 buckets took 125-300 s (71 s from a warm
+inductor cache), so a 2,000-text run is 0.47x. For GPUs (CUDA graphs need static shapes; untested).
+
+Shapes: B batch, T tokens, C hidden size.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+from bertkit.model import BertModel, BertOutput
+from bertkit.options import at_least, one_of
+
+COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@dataclass(frozen=True)
+class CompileOptions:
+    """How the inference encoder is compiled."""
+
+    mode: str = "default"
+    """torch.compile's mode (max-autotune-no-cudagraphs also times matmul kernels while compiling)."""
+    minimum: int = 16
+    """The smallest token bucket; the buckets are minimum x 1, 2, 3, 4, 6, 8, 12, ..."""
+    dynamic: bool = False
+    """One graph with symbolic batch and length (no buckets) instead of one graph per bucket."""
+
+    def __post_init__(self) -> None:
+        one_of("compile mode", self.mode, COMPILE_MODES)
+        at_least("compile bucket minimum", self.minimum, 1)
+
+
+def bucket_length(n: int, minimum: int = 16, limit: int | None = None) -> int:
+    """n rounded up to the next of minimum x {1, 2, 3, 4, 6, 8, 12, 16, ...} (powers of two and
+    1.5 x powers of two), never past `limit` (the model's positions) unless n itself is."""
+    at_least("n", n, 0)
+    bucket, step = minimum, minimum
+    while bucket < n:
+        bucket += step
+        if bucket >= 4 * step:  # m, 2m, 3m, 4m, then 6m, 8m, 12m, 16m, ...: from 4m on at most 1.5x the last
+            step *= 2
+    return max(n, min(bucket, limit)) if limit is not None else bucket
+
+
+def pad_to(batch: dict[str, Tensor], rows: int, tokens: int, pad_id: int) -> dict[str, Tensor]:
+    """(B, T) inputs -> (rows, tokens): ids padded with pad_id, masks and token types with 0; added
+    rows hold one real token ([PAD] at position 0) so that no row attends nothing (NaN)."""
+    B, T = batch["input_ids"].shape
+    out = {}
+    for name, t in batch.items():
+        fill = pad_id if name == "input_ids" else 0
+        t = F.pad(t, (0, tokens - T), value=fill)  # (B, tokens)
+        if rows > B:
+            extra = t.new_full((rows - B, tokens), fill)
+            if name == "attention_mask":
+                extra[:, 0] = 1
+            t = torch.cat([t, extra])  # (rows, tokens)
+        out[name] = t
+    return out
+
+
+def encode_padded(bert: BertModel, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor) -> Tensor:
+    """(B, T) inputs -> last_hidden_state (B, T, C) by the padded path alone: what is compiled.
+    The layers' own code, without forward's data-dependent choices (each one a graph break)."""
+    mask = attention_mask[:, None, None, :].bool()  # (B, 1, 1, T)
+    x = bert.embeddings(input_ids, token_type_ids)  # (B, T, C)
+    for layer in bert.layers:
+        x, _ = layer(x, mask)  # (B, T, C)
+    return x
+
+
+def compiled_encoder(bert: BertModel, options: CompileOptions = CompileOptions()) -> Callable[..., Tensor]:
+    """`encode_padded` of `bert`, compiled: call it with (B, T) input_ids, token_type_ids and
+    attention_mask already padded to their buckets (`pad_to`)."""
+    # one graph per (rows, tokens) bucket: a 512-token model with a short last batch needs more
+    # than dynamo's default 8 before it would silently fall back to eager
+    torch._dynamo.config.recompile_limit = max(torch._dynamo.config.recompile_limit, 64)
+    mode = None if options.mode == "default" else options.mode
+    return torch.compile(lambda ids, types, mask: encode_padded(bert, ids, types, mask),
+                         mode=mode, dynamic=options.dynamic)
+
+
+def compile_for_inference(bert: BertModel, options: CompileOptions = CompileOptions()) -> BertModel:
+    """Make `bert`'s plain inference calls run compiled graphs, each batch padded up to its bucket
+    and the outputs cut back to its own (B, T); returns `bert` itself (its weights and state_dict
+    are untouched). Every other call keeps the eager forward: training, hidden states or attention
+    weights wanted, packed rows (a mask numbering examples 2..k), no mask. last_hidden_state holds
+    the padded path's values at padding (no caller may read them)."""
+    if getattr(bert, "compiled_for_inference", False):  # the server shares one encoder: compile it once
+        return bert
+    eager = bert.forward
+    run = compiled_encoder(bert, options)
+    limit = bert.config.max_position_embeddings
+
+    def forward(input_ids: Tensor, token_type_ids: Tensor | None = None, attention_mask: Tensor | None = None,
+                **extras) -> BertOutput:
+        wants_more = extras.get("output_hidden_states") or extras.get("output_attentions")
+        if bert.training or wants_more or attention_mask is None or bool(attention_mask.max() > 1):
+            return eager(input_ids, token_type_ids, attention_mask, **extras)
+        B, T = input_ids.shape
+        bert.embeddings.check_length(T)
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        batch = {"input_ids": input_ids, "token_type_ids": token_type_ids, "attention_mask": attention_mask}
+        if not options.dynamic:
+            batch = pad_to(batch, bucket_length(B, 1), bucket_length(T, options.minimum, limit),
+                           bert.config.pad_token_id)
+        x = run(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])[:B, :T]  # (B, T, C)
+        return BertOutput(x, bert.pooler(x) if bert.pooler is not None else None)
+
+    bert.forward = forward
+    bert.compiled_for_inference = True
+    return bert

@@ -1,0 +1,76 @@
+"""bench/finetune.py against transformers' Trainer: whole runs (--against trainer) and training steps
+taking turns (--interleave), and the baton that makes the two loops alternate."""
+
+import importlib.util
+import json
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+BENCH = Path(__file__).resolve().parent.parent / "bench" / "finetune.py"
+
+
+def _bench_module():
+    spec = importlib.util.spec_from_file_location("bench_finetune", BENCH)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_baton_makes_two_loops_take_turns_step_by_step():
+    baton = _bench_module().Baton(("a", "b"))
+    order: list[str] = []
+
+    def loop(side, steps):
+        try:
+            for _ in range(steps):
+                baton.boundary(side)
+                order.append(side)
+        finally:
+            baton.finish(side)
+
+    other = threading.Thread(target=loop, args=("a", 4))
+    other.start()
+    loop("b", 6)  # the longer side carries on alone once the other has finished
+    other.join(timeout=10)
+    assert order == ["a", "b"] * 4 + ["b", "b"]
+    assert len(baton.times["a"]) == 3 and len(baton.times["b"]) == 5  # a step is timed when the next begins
+
+
+def _data(tmp_path):
+    data = tmp_path / "train.csv"
+    words = ["good", "bad", "fine", "awful", "great", "poor"]
+    data.write_text("text,label\n" + "".join(f"{words[i % 6]} {words[i % 6]},{'pn'[i % 2]}\n" for i in range(40)))
+    return data
+
+
+@pytest.mark.slow
+def test_interleaved_steps_against_the_trainer(tmp_path, tiny_model_dir):
+    pytest.importorskip("accelerate")  # transformers' Trainer needs it
+    data, out = _data(tmp_path), tmp_path / "result.json"
+    cmd = [sys.executable, str(BENCH), "--task", "classify", "--model", str(tiny_model_dir), "--train", str(data),
+           "--dev", str(data), "--batch-size", "4", "--max-length", "32", "--threads", "1", "--interleave", "6",
+           "--warmup-steps", "1", "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    sides = json.loads(out.read_text())["interleaved"]
+    assert sides["bertkit"]["steps"] == sides["trainer"]["steps"] == 4  # steps 2..5 of 6
+    assert sides["bertkit"]["tokens"] == sides["trainer"]["tokens"] > 0  # the same batches
+    assert sides["bertkit"]["median_s"] > 0 and sides["trainer"]["median_s"] > 0
+
+
+@pytest.mark.slow
+def test_whole_runs_against_the_trainer(tmp_path, tiny_model_dir):
+    pytest.importorskip("accelerate")
+    data, out = _data(tmp_path), tmp_path / "result.json"
+    cmd = [sys.executable, str(BENCH), "--task", "classify", "--model", str(tiny_model_dir), "--train", str(data),
+           "--dev", str(data), "--epochs", "2", "--batch-size", "4", "--max-length", "32", "--threads", "1",
+           "--against", "trainer", "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    ours, other = json.loads(out.read_text())["runs"]
+    assert other["name"] == "transformers Trainer"
+    assert [e["step"] for e in ours["epochs"]] == [e["step"] for e in other["epochs"]] == [10, 20]
