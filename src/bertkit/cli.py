@@ -592,7 +592,7 @@ def build_parser() -> argparse.ArgumentParser:
     add_config_options(p, DataOptions, unset=True)
 
     command("demo", cmd_demo, "Embed with MiniLM, then train a vocabulary, prepare and pretrain a small BERT "
-            "on the Penn Treebank, and fill masks with it (about 7 minutes on 2 cores).", DemoConfig)
+            "on the Penn Treebank, and fill masks with it (about 10 minutes on 2 cores).", DemoConfig)
     command("fill-mask", cmd_fill_mask, "Predict the tokens behind [MASK] with a masked-LM checkpoint.",
             FillMaskArgs, DeviceChoice, PrecisionChoice)
 
