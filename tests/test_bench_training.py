@@ -47,16 +47,21 @@ def _data(tmp_path):
     return data
 
 
+def _bench(tmp_path, model_dir, *options: str) -> dict:
+    """bench/finetune.py on the tiny classify data with `options`; its JSON result."""
+    data, out = _data(tmp_path), tmp_path / "result.json"
+    cmd = [sys.executable, str(BENCH), "--task", "classify", "--model", str(model_dir), "--train", str(data),
+           "--dev", str(data), "--batch-size", "4", "--max-length", "32", "--threads", "1", *options,
+           "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(out.read_text())
+
+
 @pytest.mark.slow
 def test_interleaved_steps_against_the_trainer(tmp_path, tiny_model_dir):
     pytest.importorskip("accelerate")  # transformers' Trainer needs it
-    data, out = _data(tmp_path), tmp_path / "result.json"
-    cmd = [sys.executable, str(BENCH), "--task", "classify", "--model", str(tiny_model_dir), "--train", str(data),
-           "--dev", str(data), "--batch-size", "4", "--max-length", "32", "--threads", "1", "--interleave", "6",
-           "--warmup-steps", "1", "--json", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    sides = json.loads(out.read_text())["interleaved"]
+    sides = _bench(tmp_path, tiny_model_dir, "--interleave", "6", "--warmup-steps", "1")["interleaved"]
     assert sides["bertkit"]["steps"] == sides["trainer"]["steps"] == 4  # steps 2..5 of 6
     assert sides["bertkit"]["tokens"] == sides["trainer"]["tokens"] > 0  # the same batches
     assert sides["bertkit"]["median_s"] > 0 and sides["trainer"]["median_s"] > 0
@@ -65,12 +70,6 @@ def test_interleaved_steps_against_the_trainer(tmp_path, tiny_model_dir):
 @pytest.mark.slow
 def test_whole_runs_against_the_trainer(tmp_path, tiny_model_dir):
     pytest.importorskip("accelerate")
-    data, out = _data(tmp_path), tmp_path / "result.json"
-    cmd = [sys.executable, str(BENCH), "--task", "classify", "--model", str(tiny_model_dir), "--train", str(data),
-           "--dev", str(data), "--epochs", "2", "--batch-size", "4", "--max-length", "32", "--threads", "1",
-           "--against", "trainer", "--json", str(out)]
-    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr[-2000:]
-    ours, other = json.loads(out.read_text())["runs"]
+    ours, other = _bench(tmp_path, tiny_model_dir, "--epochs", "2", "--against", "trainer")["runs"]
     assert other["name"] == "transformers Trainer"
     assert [e["step"] for e in ours["epochs"]] == [e["step"] for e in other["epochs"]] == [10, 20]
