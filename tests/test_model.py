@@ -348,6 +348,19 @@ def test_unpadded_gradients_equal_padded():
         torch.testing.assert_close(grads[0][name], grads[1][name], atol=1e-5, rtol=0, msg=name)
 
 
+def test_take_rows_gives_index_selects_values_and_gradients():
+    from bertkit.model import take_rows
+
+    x = torch.randn(50, 7, requires_grad=True)
+    index = torch.randperm(50)[:31]
+    grad = torch.randn(31, 7)
+    mine, = torch.autograd.grad(take_rows(x, index), x, grad)
+    theirs, = torch.autograd.grad(x.index_select(0, index), x, grad)
+    assert torch.equal(take_rows(x, index), x.index_select(0, index)) and torch.equal(mine, theirs)
+    assert torch.autograd.gradcheck(lambda y: take_rows(y, index[:5]), (torch.randn(9 + 41, 3, dtype=torch.float64,
+                                                                                      requires_grad=True),))
+
+
 def test_unpadded_training_with_dropout_keeps_shapes_and_trains():
     config = tiny_config(hidden_dropout_prob=0.5, attention_probs_dropout_prob=0.5)
     batch = _ragged(config)

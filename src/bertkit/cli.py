@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import argparse
 import ast
+import contextlib
 import dataclasses
 import functools
 import inspect
+import itertools
 import json
 import logging
 import re
@@ -24,7 +26,7 @@ import sys
 import types
 import typing
 import warnings
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from typing import Any
 
 from bertkit import fileio, options
@@ -216,22 +218,65 @@ def cmd_embed(args: argparse.Namespace) -> int:
     if a.tokens:
         return _embed_tokens(a, device)
     _check_vectors_output(a.output)
-    texts = _read_lines(a.input)
-    if not texts:
-        raise InputError(f"{'<stdin>' if a.input == '-' else a.input}: no texts to embed (one per line)")
+    texts, total = _stream_texts(a.input)
     from bertkit.embedding import Embedder
 
     embedder = Embedder.from_pretrained(a.model, device=device, precision=_precision(args))
-    vectors = embedder(texts, batch_size=a.batch_size, max_length=a.max_length, normalize=a.normalize,
-                       progress=sys.stderr.isatty(), pooling=a.pooling, prompt=a.prompt, prompt_name=a.prompt_name,
-                       layer=a.layer, dimensions=a.dimensions, output_precision=a.output_precision)
-    _write_vectors(texts, vectors, a.output)
+    options = dict(batch_size=a.batch_size, max_length=a.max_length, normalize=a.normalize,
+                   progress=sys.stderr.isatty(), pooling=a.pooling, prompt=a.prompt, prompt_name=a.prompt_name,
+                   layer=a.layer, dimensions=a.dimensions, output_precision=a.output_precision)
+    with _VectorWriter(a.output) as out:
+        if a.output_precision in ("int8", "uint8"):  # each component's range comes from all the vectors
+            texts = list(texts)
+            out.write(texts, embedder(texts, **options))
+        else:  # a slice at a time, straight to the output: flat memory however many texts
+            for part, vectors in embedder.stream(texts, total=total, **options):
+                out.write(part, vectors)
     if a.output != "-":
         packed = {"binary": " (binary: 8 components a byte)", "ubinary": " (ubinary: 8 components a byte)"}
         kind = packed.get(a.output_precision, "" if a.output_precision == "float32" else f" ({a.output_precision})")
-        print(f"wrote {plural(len(texts), 'vector')} of dimension {vectors.shape[1]}{kind} to {a.output}",
-              file=sys.stderr)
+        print(f"wrote {plural(out.count, 'vector')} of dimension {out.width}{kind} to {a.output}", file=sys.stderr)
     return 0
+
+
+def _stream_texts(source: str) -> tuple[Iterator[str], int | None]:
+    """The non-blank lines of a file or of stdin ('-'), read as they are needed, and their number
+    (None for stdin). A file is read through once first: a line that is not UTF-8, or a file with no
+    text, fails at once, before the model is loaded, and the progress bar knows the total."""
+    total = None if source == "-" else sum(1 for line in fileio.iter_lines(source) if line and line.strip())
+    texts = (line for line in fileio.iter_lines(source) if line and line.strip())  # a bad line raises
+    first = next(texts, None)
+    if first is None:
+        raise InputError(f"{'<stdin>' if source == '-' else source}: no texts to embed (one per line)")
+    return itertools.chain([first], texts), total
+
+
+class _VectorWriter:
+    """Where `bertkit embed` writes, a block of vectors at a time: a .npy file or a .jsonl file (both
+    atomically: nothing is left at the path if the run fails), or JSONL on stdout ('-')."""
+
+    def __init__(self, output: str) -> None:
+        self.output, self.count, self.width = output, 0, 0
+        self._stack = contextlib.ExitStack()
+        self._rows: fileio.NpyRows | None = None
+        self._file: Any = sys.stdout
+
+    def __enter__(self) -> _VectorWriter:
+        if self.output.endswith(".npy"):
+            self._rows = self._stack.enter_context(fileio.npy_rows(self.output))
+        elif self.output != "-":
+            self._file = self._stack.enter_context(fileio.atomic_write(self.output))
+        return self
+
+    def write(self, texts: list[str], vectors) -> None:
+        if self._rows is not None:
+            self._rows.append(vectors)
+        else:
+            _write_vector_lines(texts, vectors, self._file)
+        self.count, self.width = self.count + len(vectors), vectors.shape[1]
+
+    def __exit__(self, *exc: Any) -> bool:
+        return self._stack.__exit__(*exc)
 
 
 def _check_vectors_output(output: str) -> None:
@@ -241,20 +286,6 @@ def _check_vectors_output(output: str) -> None:
     if not output.endswith((".npy", ".jsonl")):
         raise InputError(f"{output}: output must end in .npy or .jsonl (or be - for JSONL on stdout)")
     fileio.check_output_file(output)
-
-
-def _write_vectors(texts: list[str], vectors, output: str) -> None:
-    """A .npy file, or JSONL (a file or '-': stdout); files are written atomically."""
-    import numpy as np
-
-    if output == "-":
-        _write_vector_lines(texts, vectors, sys.stdout)
-    elif output.endswith(".npy"):
-        with fileio.atomic_write(output, "wb") as f:
-            np.save(f, vectors)
-    else:
-        with fileio.atomic_write(output) as f:
-            _write_vector_lines(texts, vectors, f)
 
 
 def _write_vector_lines(texts: list[str], vectors, out) -> None:

