@@ -181,6 +181,24 @@ def test_interrupt_saves_and_resume_continues_exactly(tmp_path, capsys):
     assert [r["loss"] for r in _rows(tmp_path / "straight")] == [r["loss"] for r in _rows(tmp_path / "resumed")]
 
 
+def test_the_first_row_after_a_resume_times_only_the_steps_it_ran(tmp_path, capsys, monkeypatch):
+    """The window of steps restored from the checkpoint keeps its sums (so the rows equal an
+    uninterrupted run's), but tokens/s counts only the tokens of steps this process timed."""
+    from bertkit.metrics_log import MetricsLog
+
+    monkeypatch.setattr(MetricsLog, "lap", lambda self: 1.0)  # every row covers "1 second"
+    straight, config = _objective(dropout=0.1)
+    fit(straight, RandomSource(config), _config(tmp_path / "straight", steps=6, log_every=6))
+    first, _ = _objective(dropout=0.1)
+    with pytest.raises(KeyboardInterrupt):
+        fit(first, SignalAt(config, at=4), _config(tmp_path / "resumed", steps=6, log_every=6))
+    second, _ = _objective(dropout=0.1)
+    fit(second, RandomSource(config), _config(tmp_path / "resumed", steps=6, log_every=6, resume=True))
+    (whole,), (resumed,) = _rows(tmp_path / "straight"), _rows(tmp_path / "resumed")
+    assert resumed["loss"] == whole["loss"]
+    assert resumed["tokens_per_s"] == pytest.approx(whole["tokens_per_s"] / 6)  # 1 step of 6, equal batches
+
+
 # Where a signal can land: the loop's own code, data loading, forward, backward, clipping, inside the
 # optimiser's update (AdamW runs fused on the CPU: between the updates of two parameter groups), the
 # schedule, logging, evaluation and checkpoint writing.

@@ -145,6 +145,7 @@ def fit(objective: Objective, source: BatchSource, config: TrainConfig, *,
     bar = progress_bar(None if clock.budget else config.steps, state.step,
                        enabled=config.progress and world.is_main)
     log.lap()  # the first row's clock starts with the first step
+    untimed = float(_floats(state.window).get("tokens", 0.0))  # a resumed window's tokens: not timed here
     clock.start(state)
     with runs.stop_on_signals() as stop:
         try:
@@ -158,7 +159,8 @@ def fit(objective: Objective, source: BatchSource, config: TrainConfig, *,
                 _advance(state, positions[-1], sums)
                 last = clock.done(state.step, config.steps)
                 if state.step % config.log_every == 0 or last:
-                    _log_window(objective, state, log, world, max(scheduler.get_last_lr()), bar)
+                    _log_window(objective, state, log, world, max(scheduler.get_last_lr()), bar, untimed)
+                    untimed = 0.0
                 bar.update(1)
                 if evaluate is not None and _due(config.eval_every, state.step, last):
                     validate(evaluate, objective.model, log, state, config, world, tokenizer, bar)
@@ -249,15 +251,17 @@ def _advance(state: TrainState, last: Position, sums: dict[str, float | Tensor])
 
 
 def _log_window(objective: Objective, state: TrainState, log: MetricsLog, world: World, lr: float,
-                bar) -> None:
-    """A train row of the steps since the last one (sums over processes), then a fresh window."""
+                bar, untimed: float = 0.0) -> None:
+    """A train row of the steps since the last one (sums over processes), then a fresh window.
+    untimed: this process's tokens of the window that ran before a resume (the clock never saw them)."""
     state.window = _floats(state.window)  # the one host-device sync of the window
     seconds = log.lap()
     # grad_norm is the same on every process: averaged over the window's steps, not summed
     grad_norm = state.window.pop("grad_norm", None)
-    total = reduce_sums(state.window, world)
+    total = reduce_sums({**state.window, "untimed": untimed}, world)
+    untimed = total.pop("untimed")
     row = {"step": state.step, "split": "train", "lr": lr, **objective.summarize(total)}
-    row["tokens_per_s"] = total.get("tokens", 0.0) / max(seconds, 1e-9)
+    row["tokens_per_s"] = (total.get("tokens", 0.0) - untimed) / max(seconds, 1e-9)
     row["padding"] = 1 - total.get("tokens", 0.0) / max(total.get("slots", 0.0), 1.0)  # share of token slots
     if grad_norm is not None:
         row["grad_norm"] = grad_norm / max(state.window_steps, 1)

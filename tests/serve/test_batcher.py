@@ -93,6 +93,21 @@ def test_a_lone_request_waits_at_most_max_wait():
     assert 0.09 <= waited < 2.0  # slack for a busy machine
 
 
+def test_on_idle_runs_once_each_time_the_queue_empties_after_work():
+    idle = threading.Event()
+    calls = []
+    batcher = Batcher(Recorder(), max_batch_tokens=100, max_wait_ms=0,
+                      on_idle=lambda: (calls.append(time.monotonic()), idle.set()))
+    time.sleep(0.05)
+    assert calls == []  # a server that has done nothing has nothing to hand back
+    for round_ in range(2):
+        idle.clear()
+        batcher.submit("k", [("x", 5), ("y", 6)], [5, 6]).result(timeout=5)
+        assert idle.wait(5) and len(calls) == round_ + 1
+    batcher.close()
+    assert len(calls) == 2
+
+
 def test_a_full_budget_does_not_wait():
     batcher = Batcher(Recorder(), max_batch_tokens=100, max_wait_ms=5000)
     start = time.monotonic()

@@ -87,8 +87,11 @@ class Batcher:
     """A queue of items and the one worker thread that runs them in batches (see the module docstring)."""
 
     def __init__(self, run: Runner, *, max_batch_tokens: int, max_wait_ms: float,
-                 on_batch: Callable[[BatchStats], None] | None = None):
+                 on_batch: Callable[[BatchStats], None] | None = None, on_idle: Callable[[], None] | None = None):
+        """on_idle: called in the worker when the queue runs empty after batches (the service hands
+        freed memory back to the OS there, out of every request's way)."""
         self._run = run
+        self._on_idle = on_idle
         self.max_batch_tokens = max_batch_tokens
         self.max_wait = max_wait_ms / 1000
         self._on_batch = on_batch
@@ -146,11 +149,16 @@ class Batcher:
     # ---- the worker
 
     def _work(self) -> None:
+        busy = False
         while True:
+            if busy and self._on_idle is not None and not self._pending:
+                self._on_idle()
+                busy = False
             batch = self._next_batch()
             if batch is None:
                 return
             self._run_batch(batch)
+            busy = True
 
     def _next_batch(self) -> list[_Item] | None:
         with self._cond:

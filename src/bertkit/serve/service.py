@@ -24,6 +24,7 @@ from typing import Any
 import numpy as np
 
 from bertkit.config import BertConfig
+from bertkit.devices import release_free_memory
 from bertkit.embedding import Embedder
 from bertkit.errors import InputError
 from bertkit.models import BUILTIN_MODEL, resolve_model
@@ -81,7 +82,7 @@ class Service:
         # long contexts (qa, --long-text window), which would otherwise hold the model for minutes.
         self.max_request_tokens = args.max_client_batch_size * self.max_length
         self.batcher = Batcher(self._run, max_batch_tokens=args.max_batch_tokens, max_wait_ms=args.max_wait_ms,
-                               on_batch=on_batch)
+                               on_batch=on_batch, on_idle=release_free_memory)
 
     # ---- what the model is
 
