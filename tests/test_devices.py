@@ -101,6 +101,19 @@ def test_training_devices(pretend_cuda):
     assert distributed.device_for(World(), "cuda:0") == torch.device("cuda", 0)
 
 
+@pytest.mark.parametrize("device, backend", [("auto", "nccl"), ("cuda", "nccl"), ("cpu", "gloo")])
+def test_torchrun_joins_nccl_only_when_training_on_gpus(pretend_cuda, monkeypatch, device, backend):
+    joined, chosen = [], []
+    monkeypatch.setattr(distributed.dist, "is_initialized", lambda: False)
+    monkeypatch.setattr(distributed.dist, "init_process_group", joined.append)
+    monkeypatch.setattr(torch.cuda, "set_device", chosen.append)
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    monkeypatch.setenv("LOCAL_RANK", "1")
+    assert distributed.init(device) == World(1, 2, 1)
+    assert joined == [backend] and chosen == ([1] if backend == "nccl" else [])
+
+
 # ---- batches, precision, the optimiser ---------------------------------------------------------------
 
 

@@ -28,16 +28,17 @@ class World:
         return self.world_size > 1
 
 
-def init() -> World:
-    """Join the process group torchrun describes in the environment (gloo on CPU, NCCL on GPU)."""
+def init(device: str = "auto") -> World:
+    """Join the process group torchrun describes in the environment: NCCL when the processes train
+    on GPUs, gloo on the CPU (also `--device cpu` on a machine that has CUDA). device: --device."""
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         return World()
     world = World(int(os.environ["RANK"]), int(os.environ["WORLD_SIZE"]), int(os.environ.get("LOCAL_RANK", 0)))
     if world.world_size > 1 and not dist.is_initialized():
-        backend = "nccl" if torch.cuda.is_available() else "gloo"
-        if backend == "nccl":
+        on_gpu = device_for(world, device).type == "cuda"
+        if on_gpu:
             torch.cuda.set_device(world.local_rank)
-        dist.init_process_group(backend)
+        dist.init_process_group("nccl" if on_gpu else "gloo")
     return world
 
 

@@ -53,7 +53,7 @@ class Data:
 
 def run_finetune(args: FinetuneArgs, options: DataOptions, train_config: TrainConfig) -> dict[str, float]:
     """`bertkit finetune`: returns the best (or last) dev metrics."""
-    world = distributed.init()
+    world = distributed.init(train_config.device)
     try:
         task = make_task(args.task, options)
         check_packing(task, train_config.pack)

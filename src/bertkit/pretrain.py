@@ -228,7 +228,7 @@ def run_pretrain(args: PretrainArgs, train_config) -> dict[str, float]:
     from bertkit.runs import adapt_to_checkpoint, start_run
     from bertkit.train import evaluate_sums, fit, use_bf16
 
-    world = distributed.init()
+    world = distributed.init(train_config.device)
     try:
         train_config.check_steps()
         start_run(train_config, world)  # before any reading: a refused --out costs nothing
