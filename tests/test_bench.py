@@ -379,3 +379,23 @@ def test_pretrain_learning_sides_alternate_and_the_same_recipe_gives_the_same_cu
     assert a[-1]["tokens"] == b[-1]["tokens"] == 60
     text = bench_learning.report(sides, baseline=0.05)
     assert "| 6 | 60 |" in text and "+0.0000 |" in text and "median step time, b / a" in text
+
+
+def test_pretrain_curves_draws_a_panel_per_sweep(tmp_path, capsys):
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("bench_curves", BENCH.with_name("pretrain_curves.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    for sweep in ("a", "b"):
+        for run in ("p15", "r40"):
+            (tmp_path / sweep / run).mkdir(parents=True)
+            rows = [{"step": s, "split": split, "masked_accuracy": 0.05 + s / 1000, "masked_baseline": 0.05}
+                    for s in (100, 200) for split in ("train", "valid")]
+            (tmp_path / sweep / run / "metrics.jsonl").write_text("\n".join(json.dumps(r) for r in rows) + "\n")
+    assert [r["step"] for r in module.curve(tmp_path / "a" / "p15")] == [100, 200]
+    module.main([str(tmp_path / "c.png"), f"A=B={tmp_path / 'a'}@2048", f"B={tmp_path / 'b'}@4096"])
+    assert (tmp_path / "c.png").read_bytes()[:4] == b"\x89PNG" and "wrote" in capsys.readouterr().out
+    assert module.parse_panel("A=B=/x@64") == ("A=B", Path("/x"), 64)
+    with pytest.raises(SystemExit, match="TITLE=DIR@SLOTS"):
+        module.parse_panel("no-slots=/x")
