@@ -381,3 +381,21 @@ def test_default_mask_rate_is_by_preset_and_the_paper_is_one_flag_away(tmp_path)
         assert PretrainArgs(data=Path("d"), config=larger).mask_rate == 0.15
     assert rate("--config", "tiny", "--mask-rate", "0.15") == (0.15, (0.8, 0.1, 0.1), 19)  # the paper's
     assert PretrainingConfig().mask_rate == 0.15  # the data layer keeps the paper's default
+
+
+def test_default_lr_and_warmup_are_by_preset_on_the_command_line(tmp_path, monkeypatch):
+    from bertkit.cli import main
+
+    seen = []
+    monkeypatch.setattr("bertkit.pretrain.run_pretrain", lambda args, train: seen.append((args.config, train)))
+
+    def chosen(*argv):
+        assert main(["pretrain", "--data", "d", "--out", str(tmp_path / "o"), *argv]) == 0
+        config, train = seen.pop()
+        return config, train.lr, train.warmup
+
+    assert chosen("--config", "tiny") == ("tiny", 2e-3, 0.05)
+    assert chosen() == ("mini", 1e-3, 0.05)  # mini is the default --config
+    assert chosen("--config", "base") == ("base", 1e-4, 0.01)  # larger presets: TrainConfig's
+    assert chosen("--config", "tiny", "--lr", "5e-4", "--warmup", "100") == ("tiny", 5e-4, 100)
+    assert chosen("--config", "tiny", "--warmup", "0.2")[1:] == (2e-3, 0.2)

@@ -39,6 +39,7 @@ from bertkit.serve.settings import ServeArgs
 from bertkit.settings import (
     FINETUNE_DERIVED,
     FINETUNE_TRAINING,
+    SMALL_BUDGET_TRAINING,
     AttentionArgs,
     DataOptions,
     DemoConfig,
@@ -58,6 +59,7 @@ from bertkit.settings import (
     TokenizeArgs,
     TokenizerTrainArgs,
     TrainConfig,
+    pretrain_training_defaults,
 )
 
 
@@ -382,7 +384,8 @@ def cmd_prepare(args: argparse.Namespace) -> int:
 
 def cmd_pretrain(args: argparse.Namespace) -> int:
     pretrain = config_from_args(PretrainArgs, args)  # its seed is --seed, TrainConfig's: a run has one seed
-    train = _train_config(args)
+    unset = {k: v for k, v in pretrain_training_defaults(pretrain.config).items() if getattr(args, k) is None}
+    train = _train_config(args, **unset)  # --lr and --warmup not given: measured ones for tiny and mini
     from bertkit.pretrain import run_pretrain
 
     try:
@@ -608,7 +611,11 @@ def build_parser() -> argparse.ArgumentParser:
     p = command("pretrain", cmd_pretrain, "Pretrain BERT (MLM + NSP/SOP) on prepared shards; torchrun for many "
                 "processes.")
     add_config_options(p, PretrainArgs, skip=("seed",))  # --seed is TrainConfig's: a run has one seed
-    add_config_options(p, TrainConfig)
+    add_config_options(p, TrainConfig, defaults={"lr": None, "warmup": None})  # by --config: cmd_pretrain
+    for action in p._actions:
+        if action.dest in ("lr", "warmup"):
+            by_preset = ", ".join(f"{v[action.dest]:g} for {k}" for k, v in SMALL_BUDGET_TRAINING.items())
+            action.help += f" (default by --config: {by_preset}, else {getattr(TrainConfig, action.dest):g})"
 
     p = command("finetune", cmd_finetune, "Fine-tune a BERT checkpoint for classify, tag, qa, choice or embed "
                 "(sentence embeddings, contrastive); evaluates on --dev every epoch and keeps the best model.",

@@ -240,11 +240,12 @@ class Embedder:
             for idx in length_batches([len(ids) for ids in rows], batch_size):
                 vectors[idx] = self._embed_batch([rows[i] for i in idx], normalize, prompt_length=prompt_length,
                                                  layer=layer, pooling=pooling)
-                # the batch's freed memory back to the OS: else, fragmented, it grows the process slowly
-                release_free_memory()
                 if bar is not None:
                     bar.update(len(idx))
             del rows
+            # the slice's freed memory back to the OS: else, fragmented, it grows the process slowly.
+            # Once a slice, not once a batch: re-faulting the pages made every batch 22% slower.
+            release_free_memory()
             vectors = truncate_dimensions(vectors, dimensions, renormalize=renormalize)
             yield part, quantize(vectors, output_precision, ranges=ranges)
         if bar is not None:
