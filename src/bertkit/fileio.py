@@ -248,6 +248,8 @@ class NpyRows:
         import numpy as np
 
         rows = np.ascontiguousarray(rows)
+        if rows.ndim != 2:
+            raise ValueError(f"rows must be (n, D), got shape {rows.shape}")
         if self.dtype is None:
             self.dtype, self.width = rows.dtype, rows.shape[1]
         if rows.ndim != 2 or rows.dtype != self.dtype or rows.shape[1] != self.width:

@@ -108,6 +108,18 @@ def test_on_idle_runs_once_each_time_the_queue_empties_after_work():
     assert len(calls) == 2
 
 
+def test_a_failing_idle_callback_is_logged_and_the_worker_goes_on(caplog):
+    def broken():
+        raise OSError("no")
+
+    batcher = Batcher(Recorder(), max_batch_tokens=100, max_wait_ms=0, on_idle=broken)
+    for _ in range(2):
+        assert batcher.submit("k", [("x", 5)], [5]).result(timeout=5) == [("k", ("x", 5))]
+        time.sleep(0.05)
+    batcher.close()
+    assert "idle callback failed" in caplog.text
+
+
 def test_a_full_budget_does_not_wait():
     batcher = Batcher(Recorder(), max_batch_tokens=100, max_wait_ms=5000)
     start = time.monotonic()

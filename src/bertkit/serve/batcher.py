@@ -152,8 +152,11 @@ class Batcher:
         busy = False
         while True:
             if busy and self._on_idle is not None and not self._pending:
-                self._on_idle()
                 busy = False
+                try:
+                    self._on_idle()
+                except Exception:  # housekeeping: never the end of the worker every request waits on
+                    log.exception("the batcher's idle callback failed")
             batch = self._next_batch()
             if batch is None:
                 return
