@@ -10,6 +10,18 @@ import pytest
 BENCH = Path(__file__).resolve().parent.parent / "bench" / "finetune.py"
 
 
+def load_bench(path: Path, name: str):
+    """A bench/ script by path, as module `name` (registered: dataclasses look their module up there;
+    by path because bench/datasets.py shares its name with Hugging Face's package)."""
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location(name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
 @pytest.mark.slow
 @pytest.mark.parametrize("against", ["transformers", "random"])
 def test_finetune_bench_runs_both_sides(tmp_path, tiny_model_dir, against):
@@ -39,12 +51,7 @@ EMBED_BENCH = BENCH.with_name("embed_finetune.py")
 @pytest.fixture(scope="module")
 def bench_datasets():
     """bench/datasets.py by path (`datasets` is also the name of Hugging Face's package)."""
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_datasets", DATASETS)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(DATASETS, "bench_datasets")
 
 
 NUMPYDOC = '''Compute the weighted average along the specified axis.
@@ -136,12 +143,7 @@ MFU_BENCH = BENCH.with_name("mfu.py")
 
 @pytest.fixture(scope="module")
 def bench_mfu():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_mfu", MFU_BENCH)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(MFU_BENCH, "bench_mfu")
 
 
 def test_mfu_model_flops_by_hand(bench_mfu):
@@ -184,13 +186,7 @@ INT8_BENCH = BENCH.with_name("int8_accuracy.py")
 
 @pytest.fixture(scope="module")
 def bench_int8():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_int8_accuracy", INT8_BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(INT8_BENCH, "bench_int8_accuracy")
 
 
 def test_int8_bench_cosines_and_logit_drift_by_hand(bench_int8):
@@ -268,13 +264,7 @@ ENGINES_BENCH = BENCH.with_name("engines.py")
 
 @pytest.fixture(scope="module")
 def bench_engines():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_engines", ENGINES_BENCH)
-    module = importlib.util.module_from_spec(spec)
-    sys.modules["bench_engines"] = module  # its dataclasses look their module up there
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(ENGINES_BENCH, "bench_engines")
 
 
 def test_engines_pooling_batches_and_agreement_by_hand(bench_engines):
@@ -335,12 +325,7 @@ PRETRAIN_LEARNING = Path(__file__).resolve().parent.parent / "bench" / "pretrain
 
 @pytest.fixture(scope="module")
 def bench_learning():
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_pretrain_learning", PRETRAIN_LEARNING)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_bench(PRETRAIN_LEARNING, "bench_pretrain_learning")
 
 
 def test_pretrain_learning_sides_alternate_and_the_same_recipe_gives_the_same_curve(bench_learning):
@@ -382,11 +367,7 @@ def test_pretrain_learning_sides_alternate_and_the_same_recipe_gives_the_same_cu
 
 
 def test_pretrain_curves_draws_a_panel_per_sweep(tmp_path, capsys):
-    import importlib.util
-
-    spec = importlib.util.spec_from_file_location("bench_curves", BENCH.with_name("pretrain_curves.py"))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
+    module = load_bench(BENCH.with_name("pretrain_curves.py"), "bench_curves")
     for sweep in ("a", "b"):
         for run in ("p15", "r40"):
             (tmp_path / sweep / run).mkdir(parents=True)
