@@ -56,6 +56,62 @@ def test_int8_linear_is_close_to_the_linear_layer_despite_outliers():
     assert err.mean() < naive_err.mean() / 3  # one int8 scale for the whole batch: the plain way
 
 
+@pytest.mark.parametrize("asymmetric", [False, True])
+def test_int8_linear_is_the_int8_arithmetic_it_describes(asymmetric):
+    """Against the same rounding written out in float64: smoothing, per-token steps (and offsets), int8
+    weights per output channel, bias. Any slip in the scales or the offset's rank-one term shows."""
+    torch.manual_seed(1)
+    linear = nn.Linear(48, 40)
+    x = torch.nn.functional.gelu(torch.randn(3, 7, 48) * 3)  # one-sided, as after GELU
+    layer = Int8Linear(linear, x.reshape(-1, 48).abs().amax(0), alpha=0.5, asymmetric=asymmetric)
+    with torch.no_grad():
+        got = layer(x)  # (3, 7, 40)
+    xs = x.reshape(-1, 48).double() * layer.inverse_smooth.double()  # (21, 48)
+    if asymmetric:
+        low, high = xs.amin(-1, keepdim=True), xs.amax(-1, keepdim=True)
+        step = (high - low) / 255
+        q = torch.round((xs - low) / step) - 128  # [-128, 127]
+        assert q.min() >= -128 and q.max() <= 127
+        dequantized = q * step + low + 128 * step
+    else:
+        step = xs.abs().amax(-1, keepdim=True) / 127
+        dequantized = torch.round(xs / step) * step
+    weight = layer.weight_int8.double() * layer.weight_step.double()[:, None]  # (40, 48)
+    assert layer.weight_int8.dtype == torch.int8 and layer.weight_int8.abs().max() == 127
+    want = dequantized @ weight.T + linear.bias.detach().double()
+    assert got.shape == (3, 7, 40)
+    torch.testing.assert_close(got.reshape(-1, 40).double(), want, rtol=0, atol=2e-4 * want.abs().max().item())
+
+
+def test_asymmetric_rounding_halves_the_error_on_one_sided_inputs():
+    torch.manual_seed(2)
+    linear = nn.Linear(64, 32)
+    x = torch.nn.functional.gelu(torch.randn(200, 64) * 2)  # >= -0.17
+    with torch.no_grad():
+        want = linear(x)
+        errors = [(Int8Linear(linear, x.abs().amax(0), alpha=0.5, asymmetric=a)(x) - want).norm()
+                  for a in (False, True)]
+    assert errors[1] < 0.7 * errors[0]
+
+
+def test_int8_is_refused_in_one_line_where_torch_has_no_int8_matmul(monkeypatch):
+    from bertkit import quantize
+
+    def missing(*args):
+        raise RuntimeError("_int_mm: not implemented for 'CPU'\nmore")
+
+    monkeypatch.setattr(torch, "_int_mm", missing)
+    quantize.int8_matmul_error.cache_clear()
+    try:
+        with pytest.raises(InputError, match=r"cannot run it: it has no int8 matrix multiply on the CPU \(_int_mm: "
+                                             r"not implemented for 'CPU'\); use --precision fp32"):
+            check_int8_supported(torch.device("cpu"))
+    finally:
+        monkeypatch.undo()
+        quantize.int8_matmul_error.cache_clear()
+    check_int8_supported(torch.device("cpu"))
+
+
 def test_int8_linear_leaves_its_input_alone():
     linear, x = nn.Linear(8, 4), torch.randn(5, 8)
     before = x.clone()
@@ -75,9 +131,11 @@ def test_minilm_int8_sentence_vectors_stay_within_cosine_099(fp32, int8, texts):
     cosines = (a * b).sum(-1)  # unit vectors
     assert cosines.min() >= 0.99 and cosines.mean() > 0.995
     assert not np.array_equal(a, b)  # int8 did run
-    layer = int8.model.bert.layers[0]
-    assert isinstance(layer.attention.qkv, Int8Linear) and isinstance(layer.ffn.up, Int8Linear)
-    assert isinstance(layer.ffn.down, nn.Linear)  # kept fp32: measured to cost accuracy for no speed
+    for layer in int8.model.bert.layers:
+        linears = (layer.attention.qkv, layer.attention.out, layer.ffn.up, layer.ffn.down)
+        assert all(isinstance(m, Int8Linear) for m in linears)
+        assert [m.asymmetric for m in linears] == [False, False, False, True]  # down reads GELU's output
+    assert not any(k.endswith(("weight_int8", "weight_step")) for k in int8.model.state_dict())
     assert inference_precision(int8.model) == "int8"
 
 
