@@ -60,6 +60,10 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--long-text", choices=["truncate", "window"], default="truncate",
                    help="inputs longer than --max-length: cut, or split into overlapping windows")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dropout-draws", choices=["auto", "bertkit", "torch"], default="auto",
+                   help="bertkit's dropout masks: its own (faster on a CPU, what a user gets) or PyTorch's (the same "
+                        "random numbers as transformers, so a run against it agrees to the last digit); auto: torch "
+                        "with --against transformers, else bertkit's")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args()
@@ -366,7 +370,11 @@ def main() -> None:
     sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
     args = parse_args()
     torch.set_num_threads(args.threads)
+    from bertkit.dropout import use_torch_dropout
     from bertkit.tasks import DataOptions, make_task
+
+    use_torch_dropout(args.dropout_draws == "torch" or (args.dropout_draws == "auto" and args.against == "transformers"
+                                                        and not args.interleave))
 
     task = make_task(args.task, DataOptions(max_length=args.max_length, long_text=args.long_text))
     if args.interleave:

@@ -28,7 +28,8 @@ LAYERS: list[tuple[str, ...]] = [
     ("options", "settings", "distributed", "devices"),  # settings: the torch-free argument dataclasses of the
     # CLI; devices: --device -> torch.device, batches moved there, inference autocast
     ("tokenizer", "models", "data.corpus"),  # models: model names -> checkpoint folders
-    ("checkpoint",),  # the file format and key map: it takes any module with a config, never model.py's classes
+    ("checkpoint", "dropout"),  # checkpoint: the file format and key map: it takes any module with a config, never
+    # model.py's classes; dropout: nn.Dropout's meaning with a cheaper CPU mask, for the model and the heads
     ("vocab", "data", "data.*"),  # features for pretraining
     ("model",),
     ("heads", "objective", "sentence", "contrastive", "compiled", "quantize"),  # objective: StepSums and the

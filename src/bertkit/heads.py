@@ -17,6 +17,7 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 
 from bertkit.config import BertConfig
+from bertkit.dropout import Dropout
 from bertkit.labels import IGNORE as IGNORE  # re-exported: it lived here before labels.py
 from bertkit.model import BertModel, Pretrained, activation
 from bertkit.objective import classification_loss, cross_entropy_loss, mask_choices, span_loss
@@ -55,9 +56,9 @@ class MLMHead(nn.Module):
         return F.linear(h, word_embeddings, self.bias)  # (..., V)
 
 
-def _dropout(config: BertConfig) -> nn.Dropout:
+def _dropout(config: BertConfig) -> Dropout:
     p = config.classifier_dropout if config.classifier_dropout is not None else config.hidden_dropout_prob
-    return nn.Dropout(p)
+    return Dropout(p)
 
 
 class BertForMaskedLM(Pretrained):

@@ -24,6 +24,7 @@ from torch import Tensor, nn
 
 from bertkit import checkpoint
 from bertkit.config import BertConfig
+from bertkit.dropout import Dropout, dropout, own_dropout_pays
 from bertkit.errors import InputError
 
 # hidden_act name -> function, for every name in config.ACTIVATION_NAMES (where a config is checked).
@@ -57,8 +58,11 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: f
     """Scaled dot-product attention; every layer's attention goes through here.
 
     q, k, v: (B, H, T, D). mask: (B, 1, 1, T) booleans, True where a key may be attended, or None.
-    Returns (B, H, T, D).
+    Returns (B, H, T, D). With dropout where bertkit's mask is the cheaper one (the CPU: there SDPA
+    with dropout takes its plain, unfused path anyway), the attention is written out.
     """
+    if dropout_p > 0 and own_dropout_pays(q):
+        return attention_with_weights(q, k, v, mask, dropout_p)[0]
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask, dropout_p=dropout_p)
 
 
@@ -70,7 +74,7 @@ def attention_with_weights(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None,
     scores = q @ k.transpose(-1, -2) / q.shape[-1] ** 0.5  # (B, H, T, T)
     if mask is not None:
         scores = scores.masked_fill(~mask, torch.finfo(scores.dtype).min)
-    weights = F.dropout(scores.softmax(-1), p=dropout_p)  # (B, H, T, T)
+    weights = dropout(scores.softmax(-1), dropout_p)  # (B, H, T, T)
     return weights @ v, weights
 
 
@@ -198,7 +202,7 @@ class Embeddings(nn.Module):
         self.position = nn.Embedding(config.max_position_embeddings, config.hidden_size)
         self.segment = nn.Embedding(config.type_vocab_size, config.hidden_size)
         self.norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, input_ids: Tensor, token_type_ids: Tensor, positions: Tensor | None = None) -> Tensor:
         """(B, T) ids -> (B, T, C), positions 0..T-1 (or the (B, T) positions of packed rows); or (R,)
@@ -267,7 +271,7 @@ class Layer(nn.Module):
         self.attention_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
         self.ffn = FeedForward(config)
         self.ffn_norm = nn.LayerNorm(config.hidden_size, eps=config.layer_norm_eps)
-        self.dropout = nn.Dropout(config.hidden_dropout_prob)
+        self.dropout = Dropout(config.hidden_dropout_prob)
 
     def forward(self, x: Tensor, mask: Tensor | Unpadding | None, *,
                 need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
