@@ -8,10 +8,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from bertkit.dropout import Dropout, dropout, dropout_multiplier
+from bertkit.dropout import RANDOM_BITS, Dropout, dropout, dropout_multiplier, random_words
 
 P = 0.1
-P_ROUNDED = round(P * 2 ** 15) / 2 ** 15  # 0.100006
+P_ROUNDED = round(P * 2 ** RANDOM_BITS) / 2 ** RANDOM_BITS  # 0.1000061
 
 
 def _dropped(n: int, p: float = P, seed: int = 0) -> torch.Tensor:
@@ -23,7 +23,7 @@ def test_each_element_is_dropped_with_probability_p():
     n = 2_000_000
     for p in (0.1, 0.5, 0.02):
         rate = _dropped(n, p).double().mean().item()
-        want = round(p * 2 ** 15) / 2 ** 15
+        want = round(p * 2 ** RANDOM_BITS) / 2 ** RANDOM_BITS
         assert abs(rate - want) < 5 * math.sqrt(want * (1 - want) / n), (p, rate)
 
 
@@ -36,7 +36,7 @@ def test_drops_are_independent_across_the_lanes_of_one_draw_and_the_next(lag):
     both = (dropped[:-lag] & dropped[lag:]).double().mean().item()
     want = 0.25  # p = 0.5: exact on the 2^-15 grid
     assert abs(both - want) < 5 * math.sqrt(want * (1 - want) / n)
-    # every lane position of a word (the last one has a bit fewer random bits) drops at rate p
+    # every lane position of a word drops at rate p
     by_lane = dropped[: n - n % 4].view(-1, 4).double().mean(0)
     assert (by_lane - 0.5).abs().max() < 5 * math.sqrt(0.25 / (n / 4))
 
@@ -60,6 +60,19 @@ def test_the_gradient_uses_the_forward_mask():
     scale = multiplier.max().item()
     assert scale == pytest.approx(1 / (1 - P_ROUNDED)) and ((multiplier == 0) | (multiplier - scale).abs().lt(1e-5)).all()
     torch.testing.assert_close(x.grad, g * multiplier)
+
+
+def test_random_words_follow_torch_seed_and_rng_state():
+    torch.manual_seed(7)
+    a = random_words(1000)
+    state = torch.get_rng_state()
+    b = random_words(1000)
+    torch.set_rng_state(state)  # what a resumed run does
+    assert torch.equal(b, random_words(1000)) and not torch.equal(a, b)
+    torch.manual_seed(7)
+    assert torch.equal(a, random_words(1000)) and a.dtype == torch.int64
+    ones = sum(((a >> i) & 1).sum().item() for i in range(64))  # every bit, the sign bit too
+    assert abs(ones / 64_000 - 0.5) < 0.01
 
 
 def test_seeded_runs_repeat_and_eval_or_zero_p_is_the_identity():
