@@ -38,7 +38,8 @@ def build_batches(args, tmp: Path) -> tuple[list[dict], int]:
     tok = Tokenizer.train([text], vocab_size=8000, show_progress=False)
     prepare([text], tok, tmp / "data", valid_fraction=0.0, progress=False, document_sentences=20)
     _, train, _, tok = load_prepared(tmp / "data")
-    source = PretrainingBatches(train, tok, PretrainingConfig(max_length=args.max_length, objective="mlm+nsp"))
+    source = PretrainingBatches(train, tok, PretrainingConfig(max_length=args.max_length, objective="mlm+nsp",
+                                                                     mask_rate=args.mask_rate))
     n = args.warmup + args.steps
     return [source.batch(0, i, args.batch_size) for i in range(n)], tok.vocab_size
 
@@ -94,6 +95,7 @@ def main() -> None:
     p.add_argument("--config", default="mini", help="preset size (default: mini)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--max-length", type=int, default=128)
+    p.add_argument("--mask-rate", type=float, default=0.15, help="share of tokens selected for MLM (default: 0.15)")
     p.add_argument("--steps", type=int, default=20, help="timed steps per repeat")
     p.add_argument("--warmup", type=int, default=3)
     p.add_argument("--repeats", type=int, default=3)
