@@ -393,7 +393,7 @@ def embed(
 
     `model` is a checkpoint directory or model name (loaded once and cached), an Embedder, or None
     for the built-in default, all-MiniLM-L6-v2. device: where a loaded model runs; precision: how it
-    computes (auto, fp32, bf16, or int8: 1.3-1.4x fp32 on a CPU, vectors within cosine 0.99). An Embedder
+    computes (auto, fp32, bf16, or int8: 1.2-1.4x fp32 on a CPU, vectors within cosine 0.99). An Embedder
     runs where and as it is. The other options are `Embedder.__call__`'s.
     """
     check_inference_precision(precision)

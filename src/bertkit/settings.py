@@ -537,7 +537,7 @@ class PrecisionChoice:
 
     precision: str = field(default="auto", metadata=choices(INFERENCE_PRECISIONS))
     """How the model computes: auto (bf16 on a GPU that has it, else fp32), fp32, bf16 (autocast), or int8 (CPU
-    only: the encoder's matrix multiplies in int8, calibrated when the model loads; 1.3-1.4x fp32, vectors within
+    only: the encoder's matrix multiplies in int8, calibrated when the model loads; 1.2-1.4x fp32, vectors within
     cosine 0.99 of fp32's)."""
 
     def __post_init__(self) -> None:

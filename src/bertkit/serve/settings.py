@@ -46,7 +46,7 @@ class ServeArgs(ModelChoice):
     On a GPU with bf16 the model runs in bf16 autocast; the outputs are float32 either way."""
     precision: str = field(default="auto", metadata=choices(INFERENCE_PRECISIONS))
     """How the model computes: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, or int8 (CPU only: the
-    encoder's matrix multiplies in int8, calibrated at start; 1.3-1.4x fp32, vectors within cosine 0.99 of fp32's)."""
+    encoder's matrix multiplies in int8, calibrated at start; 1.2-1.4x fp32, vectors within cosine 0.99 of fp32's)."""
 
     def __post_init__(self) -> None:
         if self.api_key is None:
