@@ -118,3 +118,10 @@ def test_attention_with_dropout_is_unbiased_and_masks_keys():
     draws = torch.stack([attention(q, k, v_far, mask, 0.3) for _ in range(4000)])
     assert draws.abs().max() < 1e3
     torch.testing.assert_close(draws.mean(0), want, atol=0.05, rtol=0)
+
+
+def test_edge_cases_go_to_torch_dropout():
+    assert dropout(torch.empty(0, 384), P).shape == (0, 384)  # an empty batch
+    assert torch.equal(dropout(torch.ones(100), 1 - 2 ** -17), torch.zeros(100))  # rounds to p = 1
+    with pytest.raises(ValueError):
+        dropout(torch.ones(3), 1.5)

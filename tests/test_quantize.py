@@ -232,3 +232,24 @@ def test_serve_and_other_commands_check_precision():
         ServeArgs(precision="fp8")
     with pytest.raises(InputError, match="output format: --output-precision ubinary"):
         PrecisionChoice(precision="ubinary")
+
+
+def test_asymmetric_rounding_stays_in_int8_when_a_row_barely_varies(monkeypatch):
+    """A row whose range is a few ulps of its values: fp32 rounding of the offset can put q past -128
+    or 127, which the int8 cast would wrap to the other end (a step of 256). Clamped, every q is the
+    row's levels in the order of its values."""
+    torch.manual_seed(3)
+    linear = nn.Linear(32, 8)
+    c = torch.rand(256, 1) * 1000 + 1
+    x = c + 1e-6 * c * torch.rand(256, 32)  # (256, 32)
+    layer = Int8Linear(linear, x.abs().amax(0), alpha=0.5, asymmetric=True)
+    layer.inverse_smooth.fill_(1.0)  # no smoothing: it would spread the row's values apart
+    seen = []
+    int_mm = torch._int_mm
+    monkeypatch.setattr(torch, "_int_mm", lambda a, b: seen.append(a.clone()) or int_mm(a, b))
+    with torch.no_grad():
+        layer(x)
+    q = seen[0].int()  # (256, 32)
+    xs = x * layer.inverse_smooth
+    in_order = q.gather(1, xs.argsort(1))  # each row's levels, its values sorted: a wrap breaks the order
+    assert in_order.diff(dim=1).min() >= 0

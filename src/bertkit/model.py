@@ -59,7 +59,9 @@ def attention(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None, dropout_p: f
 
     q, k, v: (B, H, T, D). mask: (B, 1, 1, T) booleans, True where a key may be attended, or None.
     Returns (B, H, T, D). With dropout where bertkit's mask is the cheaper one (the CPU: there SDPA
-    with dropout takes its plain, unfused path anyway), the attention is written out.
+    with dropout takes its plain, unfused path anyway), the attention is written out
+    (attention_with_weights); a query with no key to attend, which the encoder never makes (a padded
+    query attends its row's real keys), then averages every value instead of SDPA's answer.
     """
     if dropout_p > 0 and own_dropout_pays(q):
         return attention_with_weights(q, k, v, mask, dropout_p)[0]
