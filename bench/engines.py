@@ -6,6 +6,7 @@ and the same batches of --batch-size texts:
 
     bertkit                     Embedder (its tokenizer, unpadded encoder, pooling)
     bertkit int8                Embedder.from_pretrained(..., precision="int8"), when bertkit has it
+    bertkit [int8] compiled     the same with compiled layers (--compile; compiled before any timing)
     transformers                AutoTokenizer + AutoModel (its default attention) + mean pooling by hand
     sentence-transformers       SentenceTransformer(folder).encode (the reference the model was made with)
     sentence-transformers onnx  the same with backend="onnx" (needs optimum-onnx), exported into a temp folder
@@ -85,7 +86,7 @@ BENCH = Path(__file__).resolve().parent
 if sys.path and Path(sys.path[0] or ".").resolve() == BENCH:
     sys.path.pop(0)
 
-ENGINE_KEYS = ("bertkit", "bertkit-int8", "transformers", "st", "st-onnx", "ort", "ort-int8", "ct2", "ct2-int8")
+ENGINE_KEYS = ("bertkit", "bertkit-compiled", "bertkit-int8", "bertkit-int8-compiled", "transformers", "st", "st-onnx", "ort", "ort-int8", "ct2", "ct2-int8")
 REFERENCES = ("bertkit", "sentence-transformers")  # agreement is measured against these two
 
 
@@ -199,7 +200,8 @@ def hf_ids(tok, ctx: Context) -> Callable[[list[str]], list[list[int]]]:
     return lambda texts: tok(texts, truncation=True, max_length=ctx.max_length)["input_ids"]
 
 
-def bertkit_engine(ctx: Context, precision: str) -> Engine:
+def bertkit_engine(ctx: Context, precision: str, compiled: bool = False) -> Engine:
+    """bertkit's Embedder; `compiled`: with compiled layers (--compile), compiled here, before any timing."""
     from bertkit.embedding import Embedder
 
     options = {} if precision == "fp32" else {"precision": precision}
@@ -207,8 +209,17 @@ def bertkit_engine(ctx: Context, precision: str) -> Engine:
         embedder = Embedder.from_pretrained(ctx.model_dir, device="cpu", **options)
     except TypeError as e:
         raise Skip(f"Embedder.from_pretrained has no precision= yet ({e})") from None
+    if compiled:
+        try:
+            from bertkit.compiled import compile_layers
+        except ImportError as e:
+            raise Skip(f"no compiled layers in this bertkit ({e})") from None
+        start = time.perf_counter()
+        compile_layers(embedder.model)
+        log(f"  bertkit {precision} compiled in {time.perf_counter() - start:.1f} s")
+    name = "bertkit" if precision == "fp32" else f"bertkit {precision}"
     return Engine(
-        name="bertkit" if precision == "fp32" else f"bertkit {precision}", precision=precision,
+        name=f"{name} compiled" if compiled else name, precision=precision,
         embed=lambda texts: embedder(texts, batch_size=ctx.batch_size, max_length=ctx.max_length),
         tokenize=lambda texts: embedder.encode(texts, max_length=ctx.max_length)[0],
         model=lambda rows: embedder._embed_batch(rows, prompt_length=0),
@@ -385,7 +396,9 @@ def build_engines(keys: list[str], ctx: Context) -> tuple[list[Engine], dict[str
     """The engines asked for, in ENGINE_KEYS order; and the reason for each one skipped."""
     builders: list[tuple[list[str], Callable[[], list[Engine]]]] = [
         (["bertkit"], lambda: [bertkit_engine(ctx, "fp32")]),
+        (["bertkit-compiled"], lambda: [bertkit_engine(ctx, "fp32", compiled=True)]),
         (["bertkit-int8"], lambda: [bertkit_engine(ctx, "int8")]),
+        (["bertkit-int8-compiled"], lambda: [bertkit_engine(ctx, "int8", compiled=True)]),
         (["transformers"], lambda: [transformers_engine(ctx)]),
         (["st"], lambda: [st_engine(ctx, "torch")]),
         (["st-onnx"], lambda: [st_engine(ctx, "onnx")]),
@@ -544,9 +557,10 @@ def headline(results: dict[str, dict]) -> list[str]:
                          f"({ours['fastest_fp32_peer']}) end to end")
         if "transformers" in rows and "bertkit" in rows:
             lines.append(f"{setting}: bertkit is {1 / rows['transformers']['e2e']['vs_bertkit']:.2f}× transformers")
-        if "bertkit int8" in rows and "transformers" in rows:
-            ratio = rows["bertkit int8"]["e2e"]["tokens_per_s"] / rows["transformers"]["e2e"]["tokens_per_s"]
-            lines.append(f"{setting}: bertkit int8 is {ratio:.2f}× transformers fp32")
+        for name in ("bertkit compiled", "bertkit int8", "bertkit int8 compiled"):
+            if name in rows and "transformers" in rows:
+                ratio = rows[name]["e2e"]["tokens_per_s"] / rows["transformers"]["e2e"]["tokens_per_s"]
+                lines.append(f"{setting}: {name} is {ratio:.2f}× transformers fp32")
     return lines
 
 
@@ -680,8 +694,9 @@ def isolated_report(report: dict) -> list[str]:
         if peers and c in base:
             fastest = max(peers, key=peers.get)
             lines.append(f"{c}: bertkit is {base[c] / peers[fastest]:.2f}× the fastest fp32 peer ({fastest})")
-        if "transformers" in speeds and "bertkit int8" in speeds and c in speeds["bertkit int8"]:
-            lines.append(f"{c}: bertkit int8 is {speeds['bertkit int8'][c] / speeds['transformers'][c]:.2f}× transformers")
+        for name in ("bertkit compiled", "bertkit int8", "bertkit int8 compiled"):
+            if "transformers" in speeds and c in speeds.get(name, {}):
+                lines.append(f"{c}: {name} is {speeds[name][c] / speeds['transformers'][c]:.2f}× transformers")
     for key, reason in report["skipped"].items():
         lines.append(f"skipped {key}: {reason}")
     load = report["load"]

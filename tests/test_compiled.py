@@ -8,6 +8,7 @@ from bertkit.compiled import (
     CompileOptions,
     bucket_length,
     compile_for_inference,
+    compile_layers,
     compiled_encoder,
     encode_padded,
     pad_to,
@@ -96,3 +97,98 @@ def test_compile_for_inference_stands_in_for_forward():
         assert (got.pooler_output - want.pooler_output).abs().max() <= 1e-5
         extras = model(**batch, output_hidden_states=True)  # the eager path: the extras are there
         assert len(extras.hidden_states) == config.num_hidden_layers + 1
+
+
+# ---- compiled layers (--compile) ------------------------------------------------------------------------
+
+
+def _packed_batch(config):
+    """Two rows, the first holding two examples (mask 1, 1, 2, 2, 2), the second one and padding."""
+    g = torch.Generator().manual_seed(3)
+    mask = torch.tensor([[1, 1, 2, 2, 2, 0], [1, 1, 1, 1, 0, 0]])
+    return dict(input_ids=torch.randint(1, config.vocab_size, (2, 6), generator=g) * (mask > 0),
+                token_type_ids=torch.zeros_like(mask), attention_mask=mask)
+
+
+def test_compiled_layers_equal_the_eager_ones():
+    """Unpadded, without padding (the padded path) and packed rows: the same outputs as eager, <=1e-5;
+    the graphs are shared by every layer and batch shape; gradients and attention weights run eagerly."""
+    from torch._dynamo.utils import counters
+
+    config = tiny_config()
+    model = BertModel(config).eval()
+    batches = [random_batch(config, B=3, T=11), random_batch(config, B=4, T=9, seed=1),
+               {k: v[:1, :5] for k, v in random_batch(config, B=1, T=5).items()}, _packed_batch(config)]
+    with torch.inference_mode():
+        want = [model(**b) for b in batches]
+    keys = set(model.state_dict())
+    assert compile_layers(model) is model and set(model.state_dict()) == keys
+    forward = model.layers[0].forward
+    assert compile_layers(model).layers[0].forward is forward  # a second call changes nothing
+    graphs = counters["stats"]["unique_graphs"]  # compiled while warming up
+    with torch.inference_mode():
+        for b, w in zip(batches, want):
+            got = model(**b)
+            real = b["attention_mask"] > 0
+            assert (got.last_hidden_state[real] - w.last_hidden_state[real]).abs().max() <= 1e-5
+            assert (got.pooler_output - w.pooler_output).abs().max() <= 1e-5
+        assert len(model(**batches[0], output_attentions=True).attentions) == config.num_hidden_layers
+    assert counters["stats"]["unique_graphs"] == graphs  # every shape and mask ran the warm-up's graphs
+    model.train()
+    loss = model(**batches[0]).last_hidden_state.square().mean()
+    loss.backward()  # the eager forward: gradients flow
+    assert model.layers[0].attention.qkv.weight.grad is not None
+
+
+def test_compiled_int8_layers_round_as_the_eager_ones():
+    """An int8 encoder compiled: the same int8 arithmetic, fused (rounding may differ at exact ties)."""
+    from types import SimpleNamespace
+
+    from bertkit.quantize import quantize_int8
+
+    config = tiny_config()
+    torch.manual_seed(0)
+    model = BertModel(config).eval()
+    batch = random_batch(config, B=3, T=11)
+    rows = [random_batch(config, B=1, T=12, seed=s)["input_ids"][0].tolist() for s in range(8)]
+    quantize_int8(model, SimpleNamespace(pad_token_id=0), calibration=rows)
+    with torch.inference_mode():
+        want = model(**batch).last_hidden_state
+        compile_layers(model)
+        got = model(**batch).last_hidden_state
+    real = batch["attention_mask"].bool()
+    cosine = torch.nn.functional.cosine_similarity(got[real], want[real], dim=-1)
+    assert cosine.min() >= 0.999 and (got[real] - want[real]).abs().max() <= 0.05
+
+
+def test_compile_is_refused_in_one_line_without_a_cxx_compiler(monkeypatch):
+    import shutil
+
+    monkeypatch.setattr(shutil, "which", lambda name: None)
+    with pytest.raises(InputError, match="C\\+\\+ compiler"):
+        compile_layers(BertModel(tiny_config()))
+    with pytest.raises(InputError, match="BERT encoder"):
+        compile_layers(torch.nn.Linear(2, 2))
+
+
+def test_cli_compile_gives_the_eager_vectors(tmp_path, tiny_model_dir, monkeypatch, capsys):
+    """`bertkit embed --compile` (int8 and fp32): the vectors of the eager run; the switch is the process's."""
+    import numpy as np
+
+    from bertkit import compiled
+    from bertkit.cli import main
+
+    monkeypatch.setattr(compiled, "_compile_inference", False)  # put back when the test ends
+    texts = tmp_path / "t.txt"
+    texts.write_text("a short line\nand a somewhat longer line of text to embed\nthird\n", encoding="utf-8")
+    for precision in ("fp32", "int8"):
+        vectors = {}
+        for flag in ([], ["--compile"]):
+            out = tmp_path / f"{precision}{len(flag)}.npy"
+            assert main(["embed", "-i", str(texts), "-o", str(out), "--model", str(tiny_model_dir),
+                         "--device", "cpu", "--precision", precision, *flag]) == 0
+            vectors[len(flag)] = np.load(out)
+        assert compiled.compiles_inference()
+        tolerance = 1e-5 if precision == "fp32" else 0.02
+        assert np.abs(vectors[0] - vectors[1]).max() <= tolerance
+    assert "--compile: compiling" in capsys.readouterr().err

@@ -70,8 +70,16 @@ def _device(args: argparse.Namespace) -> str:
 
 
 def _precision(args: argparse.Namespace) -> str:
-    """--precision of an inference command (auto, fp32, bf16, int8), checked."""
-    return config_from_args(PrecisionChoice, args).precision
+    """--precision of an inference command (auto, fp32, bf16, int8), checked; with --compile, the models
+    the command loads get compiled layers (bertkit.compiled.compile_inference)."""
+    choice = config_from_args(PrecisionChoice, args)
+    if choice.compile:
+        from bertkit.compiled import compile_inference
+
+        print("bertkit: --compile: compiling the encoder's layers when the model loads (torch.compile, "
+              "10-20 s once)", file=sys.stderr)
+        compile_inference()
+    return choice.precision
 
 
 def _read_lines(source: str) -> list[str]:

@@ -239,19 +239,28 @@ class SelfAttention(nn.Module):
                 need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """(B, T, C) -> (B, T, C), and the attention weights (B, H, T, T) when need_weights;
         or, with an Unpadding for mask, the real tokens (R, C) -> (R, C) (never with weights)."""
-        p = self.dropout_p if self.training else 0.0
-        if isinstance(mask, Unpadding):
-            return self.out(varlen_attention(self.qkv(x), mask, self.n_heads, p)), None
+        if not need_weights:
+            return self.out(self.mix(self.qkv(x), mask)), None
         B, T, C = x.shape
         H, D = self.n_heads, C // self.n_heads
         qkv = self.qkv(x).view(B, T, 3, H, D).permute(2, 0, 3, 1, 4)  # (3, B, H, T, D)
-        weights = None
-        if need_weights:
-            y, weights = attention_with_weights(qkv[0], qkv[1], qkv[2], mask, p)  # (B, H, T, D), (B, H, T, T)
-        else:
-            y = attention(qkv[0], qkv[1], qkv[2], mask, p)  # (B, H, T, D)
-        y = y.transpose(1, 2).reshape(B, T, C)  # (B, T, C)
-        return self.out(y), weights
+        y, weights = attention_with_weights(qkv[0], qkv[1], qkv[2], mask, self.p)  # (B, H, T, D), (B, H, T, T)
+        return self.out(y.transpose(1, 2).reshape(B, T, C)), weights
+
+    @property
+    def p(self) -> float:
+        """The attention weights' dropout now: none when evaluating."""
+        return self.dropout_p if self.training else 0.0
+
+    def mix(self, qkv: Tensor, mask: Tensor | Unpadding | None) -> Tensor:
+        """The attention itself, between the two projections: fused q/k/v (B, T, 3C) -> (B, T, C)
+        (mask a (B, 1, 1, T) or (B, 1, T, T) boolean mask, or None), or (R, 3C) -> (R, C) on the
+        unpadded path (mask an Unpadding)."""
+        if isinstance(mask, Unpadding):
+            return varlen_attention(qkv, mask, self.n_heads, self.p)  # (R, C)
+        B, T, C3 = qkv.shape
+        q, k, v = qkv.view(B, T, 3, self.n_heads, C3 // (3 * self.n_heads)).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
+        return attention(q, k, v, mask, self.p).transpose(1, 2).reshape(B, T, C3 // 3)  # (B, T, C)
 
 
 class FeedForward(nn.Module):

@@ -34,6 +34,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor, nn
 
+from bertkit.compiled import compile_layers, compiles_inference
 from bertkit.devices import model_device
 from bertkit.errors import InputError
 from bertkit.model import BertModel, Layer
@@ -110,7 +111,8 @@ def int8_matmul_error() -> str | None:
 
 def set_inference_precision(model: nn.Module, precision: str = "auto", tokenizer=None) -> nn.Module:
     """Make `model`, already on its device, compute in `precision` when it predicts: auto, fp32, bf16
-    (autocast) or int8 (bertkit.quantize, CPU only; calibration reads `tokenizer`'s vocabulary).
+    (autocast) or int8 (bertkit.quantize, CPU only; calibration reads `tokenizer`'s vocabulary);
+    compiled (compiled.compile_layers) after compiled.compile_inference() (--compile).
     Every submodule is marked, so a model built around one of them (the server's embedder around
     a classifier's encoder) computes the same way."""
     check_inference_precision(precision)
@@ -123,6 +125,8 @@ def set_inference_precision(model: nn.Module, precision: str = "auto", tokenizer
         raise InputError(f"this model was quantized to int8; load it again to run it in {precision}")
     for module in model.modules():
         module.inference_precision = precision
+    if compiles_inference():  # --compile
+        compile_layers(model)
     return model
 
 

@@ -52,6 +52,24 @@ def served(directory, **settings):
 # ---- embeddings -------------------------------------------------------------------------------------------
 
 
+def test_served_compiled_a_classifier_answers_as_offline(task_model, monkeypatch):
+    """`bertkit serve --compile`: the encoder's layers compiled at start; predictions and vectors as eager."""
+    from bertkit import compiled
+
+    monkeypatch.setattr(compiled, "_compile_inference", False)  # the switch is put back when the test ends
+    directory = task_model("classify")
+    inputs = PREDICT_INPUTS["classify"]
+    expected = bertkit.pipeline("classify", model=directory)([tuple(x) if isinstance(x, list) else x for x in inputs])
+    eager = bertkit.embed("what a lovely day", model=directory)
+    with served(directory, truncate=True, compile=True) as client:
+        r = client.post("/predict", json={"inputs": inputs})
+        assert r.status_code == 200, r.text
+        assert close(r.json(), expected), (r.json(), expected)
+        vector = client.post("/embed", json={"inputs": "what a lovely day"}).json()[0]
+    assert compiled.compiles_inference()
+    np.testing.assert_allclose(vector, eager, atol=1e-5)
+
+
 def test_openai_embeddings_are_the_offline_vectors(minilm, offline):
     r = minilm.post("/v1/embeddings", json={"input": TEXTS, "model": "anything"})
     assert r.status_code == 200, r.text

@@ -59,6 +59,10 @@ class Service:
         config = BertConfig.load(encoder_dir)
         architecture = (config.architectures or ["BertModel"])[0]
         self.loaded = self.fill = None
+        if args.compile:
+            from bertkit.compiled import compile_inference
+
+            compile_inference()
         if architecture in _task_architectures():
             from bertkit.predict import load_finetuned
 

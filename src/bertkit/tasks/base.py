@@ -263,7 +263,7 @@ def model_outputs(outputs: Callable[[dict[str, Tensor]], dict[str, Tensor]], mod
 
         bar = tqdm(total=len(features), desc="predict", unit="seq", dynamic_ncols=True, leave=False)
     try:
-        with torch.no_grad():
+        with torch.inference_mode():  # as embedding: a compiled model (--compile) keeps one graph
             for start in range(0, len(order), batch_size):
                 chosen = order[start:start + batch_size]
                 batch = {k: v.to(device) for k, v in collate([features[i] for i in chosen], pad_id).items()}
