@@ -22,7 +22,8 @@ retrieval set.
 
 `--variant LAYERS[@ALPHA]` adds int8 models built with `quantize.quantize_int8(model, tokenizer,
 layers=..., alpha=...)` on an fp32 load (which layers run in int8: qkv, out, up, down; SmoothQuant's
-alpha): the measurements for choosing them.
+alpha): the measurements for choosing them. `--compiled` adds "int8 compiled": the int8 model with
+compiled layers (`--precision int8 --compile`; compiled before any timing).
 
 Timing: every model sees the same batches (length-sorted, --batch-size), one batch at a time, the
 running order rotating; seconds are summed per model, the speed-up is fp32 / int8 (also the median
@@ -53,6 +54,7 @@ import torch
 HEADLINE = {"classify": "accuracy", "tag": "f1", "qa": "f1", "choice": "accuracy", "embed": "recall@1"}
 PERCENT_ALREADY = {"qa"}  # SQuAD EM/F1 come in percent; the others are fractions
 PRECISIONS = ("fp32", "int8")
+COMPILED = "int8 compiled"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -69,6 +71,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                    help="tokens per text for embedding cases and the embedder (default: the model's own)")
     p.add_argument("--cosine-texts", type=int, default=1000,
                    help="at most this many texts per non-embedding case for the embedder check")
+    p.add_argument("--compiled", action="store_true",
+                   help="also score int8 with compiled layers (--precision int8 --compile)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--limit", type=int, default=0, help="score only the first N examples of each file (0: all)")
@@ -124,6 +128,7 @@ def load_variants(model: str, args: argparse.Namespace) -> dict:
     """The checkpoint at fp32 and at int8 through bertkit's prediction layer (load_finetuned's
     precision), plus each --variant: quantize_int8 with other layers or smoothing on an fp32 copy.
     An embedding model reads --embed-max-length tokens when given."""
+    from bertkit.compiled import compile_layers
     from bertkit.predict import load_finetuned
     from bertkit.quantize import quantize_int8
 
@@ -133,6 +138,9 @@ def load_variants(model: str, args: argparse.Namespace) -> dict:
         overrides = {"max_length": args.embed_max_length}
         fp32 = load_finetuned(model, overrides, device="cpu", precision="fp32")
     loaded = {"fp32": fp32, "int8": load_finetuned(model, overrides, device="cpu", precision="int8")}
+    if args.compiled:
+        loaded[COMPILED] = load_finetuned(model, overrides, device="cpu", precision="int8")
+        compile_layers(loaded[COMPILED].model)
     for name, options in args.variants.items():
         copy = load_finetuned(model, overrides, device="cpu", precision="fp32")
         quantize_int8(copy.model, copy.tokenizer, **options)
@@ -192,7 +200,7 @@ def interleaved_outputs(task, models: dict, features: list, pad_id: int, batch_s
     names = list(models)
     outputs = {n: [None] * len(features) for n in names}
     seconds: dict[str, list[float]] = {n: [] for n in names}
-    with torch.no_grad():
+    with torch.inference_mode():  # as bertkit predicts: compiled layers keep their warm-up graphs
         for b, start in enumerate(range(0, len(order), batch_size)):
             chosen = order[start:start + batch_size]
             batch = collate([features[i] for i in chosen], pad_id)
@@ -272,10 +280,14 @@ def texts_of(task: str, examples: list) -> list[str]:
 def embedder_check(model: str | None, texts: dict[str, list[str]], args: argparse.Namespace) -> dict:
     """Per source file and variant: smallest and mean cosine of the int8 vectors to the fp32 ones,
     and the interleaved time, through the public Embedder API."""
+    from bertkit.compiled import compile_layers
     from bertkit.embedding import Embedder
     from bertkit.quantize import quantize_int8
 
     embedders = {p: Embedder.from_pretrained(model, device="cpu", precision=p) for p in PRECISIONS}
+    if args.compiled:
+        embedders[COMPILED] = Embedder.from_pretrained(model, device="cpu", precision="int8")
+        compile_layers(embedders[COMPILED].model)
     for name, options in args.variants.items():
         embedders[name] = Embedder.from_pretrained(model, device="cpu", precision="fp32")
         quantize_int8(embedders[name].model, embedders[name].tokenizer, **options)
