@@ -115,6 +115,7 @@ def test_compiled_layers_equal_the_eager_ones():
     the graphs are shared by every layer and batch shape; gradients and attention weights run eagerly."""
     from torch._dynamo.utils import counters
 
+    torch._dynamo.reset()  # no graphs from earlier tests: the warm-up compiles its own
     config = tiny_config()
     model = BertModel(config).eval()
     batches = [random_batch(config, B=3, T=11), random_batch(config, B=4, T=9, seed=1),
@@ -122,10 +123,12 @@ def test_compiled_layers_equal_the_eager_ones():
     with torch.inference_mode():
         want = [model(**b) for b in batches]
     keys = set(model.state_dict())
+    before = counters["stats"]["unique_graphs"]
     assert compile_layers(model) is model and set(model.state_dict()) == keys
+    graphs = counters["stats"]["unique_graphs"]
+    assert graphs == before + 2  # the warm-up compiled the two parts
     forward = model.layers[0].forward
     assert compile_layers(model).layers[0].forward is forward  # a second call changes nothing
-    graphs = counters["stats"]["unique_graphs"]  # compiled while warming up
     with torch.inference_mode():
         for b, w in zip(batches, want):
             got = model(**b)
@@ -141,8 +144,11 @@ def test_compiled_layers_equal_the_eager_ones():
 
 
 def test_compiled_int8_layers_round_as_the_eager_ones():
-    """An int8 encoder compiled: the same int8 arithmetic, fused (rounding may differ at exact ties)."""
+    """An int8 encoder compiled: the same int8 arithmetic, fused (a few inputs may round to the
+    neighbouring step)."""
     from types import SimpleNamespace
+
+    from torch._dynamo.utils import counters
 
     from bertkit.quantize import quantize_int8
 
@@ -152,9 +158,12 @@ def test_compiled_int8_layers_round_as_the_eager_ones():
     batch = random_batch(config, B=3, T=11)
     rows = [random_batch(config, B=1, T=12, seed=s)["input_ids"][0].tolist() for s in range(8)]
     quantize_int8(model, SimpleNamespace(pad_token_id=0), calibration=rows)
+    torch._dynamo.reset()
     with torch.inference_mode():
         want = model(**batch).last_hidden_state
+        before = counters["stats"]["unique_graphs"]
         compile_layers(model)
+        assert counters["stats"]["unique_graphs"] == before + 2  # Int8Linear inside compiled graphs
         got = model(**batch).last_hidden_state
     real = batch["attention_mask"].bool()
     cosine = torch.nn.functional.cosine_similarity(got[real], want[real], dim=-1)
@@ -172,23 +181,28 @@ def test_compile_is_refused_in_one_line_without_a_cxx_compiler(monkeypatch):
 
 
 def test_cli_compile_gives_the_eager_vectors(tmp_path, tiny_model_dir, monkeypatch, capsys):
-    """`bertkit embed --compile` (int8 and fp32): the vectors of the eager run; the switch is the process's."""
+    """`bertkit embed --compile` (fp32 and int8) compiles the model it loads, and only then; the
+    vectors are the eager run's."""
     import numpy as np
 
-    from bertkit import compiled
+    from bertkit import compiled, quantize
     from bertkit.cli import main
 
-    monkeypatch.setattr(compiled, "_compile_inference", False)  # put back when the test ends
+    calls = []
+    monkeypatch.setattr(quantize, "compile_layers", lambda model: calls.append(model) or compiled.compile_layers(model))
     texts = tmp_path / "t.txt"
     texts.write_text("a short line\nand a somewhat longer line of text to embed\nthird\n", encoding="utf-8")
     for precision in ("fp32", "int8"):
         vectors = {}
         for flag in ([], ["--compile"]):
+            monkeypatch.setattr(compiled, "_compile_inference", False)  # the switch is the process's: off again
             out = tmp_path / f"{precision}{len(flag)}.npy"
+            n = len(calls)
             assert main(["embed", "-i", str(texts), "-o", str(out), "--model", str(tiny_model_dir),
                          "--device", "cpu", "--precision", precision, *flag]) == 0
+            assert len(calls) == n + len(flag)  # compiled with --compile alone
             vectors[len(flag)] = np.load(out)
-        assert compiled.compiles_inference()
+        assert all(layer.forward.func is compiled._compiled_layer_forward for layer in calls[-1].bert.layers)
         tolerance = 1e-5 if precision == "fp32" else 0.02
         assert np.abs(vectors[0] - vectors[1]).max() <= tolerance
     assert "--compile: compiling" in capsys.readouterr().err

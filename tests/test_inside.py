@@ -201,6 +201,8 @@ def test_attention_command(capsys, tmp_path, tiny_model_dir):
     (["attention", "the cat", "--pair", "", "--out", "{tmp}/a.png"], "the pair is empty"),
     (["embed", "--tokens", "--prompt", "query: ", "-i", "{tmp}/t.txt"], "--tokens writes one vector per word piece"),
     (["embed", "--tokens", "--prompt-name", "query", "-i", "{tmp}/t.txt"], "--tokens writes one vector per word"),
+    (["embed", "--tokens", "--compile", "-i", "{tmp}/t.txt"], "--precision and --compile are for sentence vectors"),
+    (["embed", "--tokens", "--precision", "int8", "-i", "{tmp}/t.txt"], "--precision and --compile are for sentence"),
 ])
 def test_command_errors_are_one_line(capsys, tmp_path, tiny_model_dir, argv, message):
     (tmp_path / "t.txt").write_text("hello\n", encoding="utf-8")

@@ -77,7 +77,7 @@ def _precision(args: argparse.Namespace) -> str:
         from bertkit.compiled import compile_inference
 
         print("bertkit: --compile: compiling the encoder's layers when the model loads (torch.compile, "
-              "10-20 s once)", file=sys.stderr)
+              "8-20 s once)", file=sys.stderr)
         compile_inference()
     return choice.precision
 
@@ -227,6 +227,10 @@ def cmd_embed(args: argparse.Namespace) -> int:
     a = config_from_args(EmbedArgs, args)
     device = _device(args)
     if a.tokens:
+        choice = config_from_args(PrecisionChoice, args)
+        if choice.compile or choice.precision not in ("auto", "fp32"):
+            raise InputError("embed --tokens reads a layer's hidden states in fp32: --precision and --compile are "
+                             "for sentence vectors")
         return _embed_tokens(a, device)
     _check_vectors_output(a.output)
     texts, total = _stream_texts(a.input)

@@ -27,6 +27,7 @@ Shapes: B batch, T tokens, C hidden size.
 from __future__ import annotations
 
 import functools
+import importlib.util
 import os
 import shutil
 from collections.abc import Callable
@@ -36,7 +37,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
-from bertkit.devices import model_device
+from bertkit.devices import inference_autocast, model_device
 from bertkit.errors import InputError
 from bertkit.model import BertModel, BertOutput, Layer, Unpadding
 from bertkit.options import at_least, one_of
@@ -151,7 +152,8 @@ _compile_inference = False
 def compile_inference(enabled: bool = True) -> None:
     """From now on, every model set up for inference (quantize.set_inference_precision: what embed,
     predict, evaluate, fill-mask, index, search and serve call) gets `compile_layers`: the commands'
-    --compile. Like torch.set_num_threads, a setting of the process."""
+    --compile. Like torch.set_num_threads, a setting of the process; models loaded and cached
+    before it (bertkit.embed's cache) stay as they were."""
     global _compile_inference
     _compile_inference = bool(enabled)
 
@@ -179,7 +181,8 @@ def compile_layers(model: nn.Module, *, dynamic: bool = True, warm_up: bool = Tr
     0.98-1.10x. Outputs equal the eager ones in fp32 (2.4e-7 measured); in int8 the fused code
     rounds a few inputs to the neighbouring step (cosine to eager int8 >= 0.999; to fp32 0.9960
     where eager int8 gives 0.9962). Training, attention weights and gradients take the eager
-    forward. Returns `model`."""
+    forward. `dynamic=False` leaves the shapes to torch.compile's automatic rule (static first,
+    symbolic after a second shape: one more compile). Returns `model`."""
     encoders = [m for m in model.modules() if isinstance(m, BertModel)]
     if not encoders:
         raise InputError("--compile needs a BERT encoder in the model")
@@ -196,30 +199,35 @@ def compile_layers(model: nn.Module, *, dynamic: bool = True, warm_up: bool = Tr
 
 
 def check_compile_supported(device: torch.device) -> None:
-    """torch.compile's CPU code is C++ that inductor builds as it compiles: refuse early, in one line,
-    where there is no compiler to build it."""
+    """What inductor builds its kernels with: C++ on the CPU (a compiler), Triton on a CUDA GPU.
+    Refused early, in one line, where it is missing."""
     if device.type == "cpu" and not any(shutil.which(c) for c in (os.environ.get("CXX", "g++"), "g++", "clang++", "c++")):
         raise InputError("--compile on the CPU needs a C++ compiler (g++ or clang++; torch.compile builds its "
                          "kernels with it): install one, or leave --compile out")
+    if device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        raise InputError("--compile on a CUDA GPU needs Triton (pip install triton; PyTorch's CUDA wheels bring "
+                         "it), or leave --compile out")
 
 
 @torch.inference_mode()
 def _warm_up(bert: BertModel) -> None:
-    """Compile the graphs now, on a batch of two rows of different lengths (the unpadded path)."""
+    """Compile the graphs now, on a batch of two rows of different lengths (the unpadded path), in
+    the autocast the model will predict in (a graph is compiled for one autocast state)."""
     device = next(bert.parameters()).device
     ids = torch.full((2, 3), bert.config.pad_token_id, dtype=torch.long, device=device)
     ids[:, 0], ids[0, 1:] = 1, 2  # any ids: the graphs depend on shapes alone
     mask = torch.tensor([[1, 1, 1], [1, 0, 0]], device=device)
     was_training = bert.training
     bert.eval()
-    bert(ids, torch.zeros_like(ids), mask)
+    with inference_autocast(bert):
+        bert(ids, torch.zeros_like(ids), mask)
     bert.train(was_training)
 
 
 def _compiled_layer_forward(layer: Layer, eager: Callable, dynamic: bool, x: Tensor,
                             mask: Tensor | Unpadding | None, *, need_weights: bool = False):
     """Layer.forward with its projections and norms compiled: (B, T, C) or (R, C) -> the same."""
-    if layer.training or need_weights or torch.is_grad_enabled():
+    if layer.training or need_weights or torch.is_grad_enabled() or torch.jit.is_tracing():
         return eager(x, mask, need_weights=need_weights)
     projection, rest = _compiled_parts(dynamic)
     C = x.shape[-1]

@@ -239,7 +239,7 @@ class SelfAttention(nn.Module):
                 need_weights: bool = False) -> tuple[Tensor, Tensor | None]:
         """(B, T, C) -> (B, T, C), and the attention weights (B, H, T, T) when need_weights;
         or, with an Unpadding for mask, the real tokens (R, C) -> (R, C) (never with weights)."""
-        if not need_weights:
+        if not need_weights or isinstance(mask, Unpadding):
             return self.out(self.mix(self.qkv(x), mask)), None
         B, T, C = x.shape
         H, D = self.n_heads, C // self.n_heads

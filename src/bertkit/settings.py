@@ -540,7 +540,7 @@ class PrecisionChoice:
     only: the encoder's matrix multiplies in int8, calibrated when the model loads; 1.2-1.4x fp32, vectors within
     cosine 0.99 of fp32's)."""
     compile: bool = False
-    """Compile the encoder layers' projections, LayerNorms and GELU with torch.compile (once, on load: 10-20 s on
+    """Compile the encoder layers' projections, LayerNorms and GELU with torch.compile (once, on load: 8-20 s on
     2 cores); pays for int8 (1.1-1.3x), about even for fp32 on a CPU. Needs a C++ compiler on the CPU."""
 
     def __post_init__(self) -> None:

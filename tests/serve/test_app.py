@@ -62,11 +62,13 @@ def test_served_compiled_a_classifier_answers_as_offline(task_model, monkeypatch
     expected = bertkit.pipeline("classify", model=directory)([tuple(x) if isinstance(x, list) else x for x in inputs])
     eager = bertkit.embed("what a lovely day", model=directory)
     with served(directory, truncate=True, compile=True) as client:
+        service = client.app.state.service
+        bert = service.loaded.model.bert
+        assert bert.layers_compiled and service.embedder.model.bert is bert  # one encoder, compiled once
         r = client.post("/predict", json={"inputs": inputs})
         assert r.status_code == 200, r.text
         assert close(r.json(), expected), (r.json(), expected)
         vector = client.post("/embed", json={"inputs": "what a lovely day"}).json()[0]
-    assert compiled.compiles_inference()
     np.testing.assert_allclose(vector, eager, atol=1e-5)
 
 

@@ -48,7 +48,7 @@ class ServeArgs(ModelChoice):
     """How the model computes: auto (bf16 on a GPU that has it, else fp32), fp32, bf16, or int8 (CPU only: the
     encoder's matrix multiplies in int8, calibrated at start; 1.2-1.4x fp32, vectors within cosine 0.99 of fp32's)."""
     compile: bool = False
-    """Compile the encoder layers' projections, LayerNorms and GELU with torch.compile at start (10-20 s on 2 cores);
+    """Compile the encoder layers' projections, LayerNorms and GELU with torch.compile at start (8-20 s on 2 cores);
     pays for int8 (1.1-1.3x), about even for fp32 on a CPU. Needs a C++ compiler on the CPU."""
 
     def __post_init__(self) -> None:
