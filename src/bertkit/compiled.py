@@ -39,7 +39,7 @@ from torch import Tensor, nn
 
 from bertkit.devices import inference_autocast, model_device
 from bertkit.errors import InputError
-from bertkit.model import BertModel, BertOutput, Layer, Unpadding
+from bertkit.model import BertModel, BertOutput, Layer, Unpadding, heads_attention, key_mask
 from bertkit.options import at_least, one_of
 
 COMPILE_MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
@@ -166,9 +166,10 @@ def compiles_inference() -> bool:
 def compile_layers(model: nn.Module, *, dynamic: bool = True, warm_up: bool = True) -> nn.Module:
     """Make every encoder layer in `model` (a BertModel or any model holding one) run, when it
     predicts, everything but the attention itself as compiled code (torch.compile, inductor): the
-    q/k/v projection in one graph; the output projection, residual and LayerNorm and the whole
-    feed-forward block in another. The attention between them stays eager, so the unpadded path
-    still computes nothing for padding; the graphs take (tokens, C) matrices with the number of
+    q/k/v projection, written straight into the (B, L) layout the attention reads, in one graph;
+    reading the attention's output back, the output projection, residual and LayerNorm and the
+    whole feed-forward block in another. The attention between them stays eager, so the unpadded
+    path still computes nothing for padding; the graphs take (tokens, C) matrices with the number of
     tokens symbolic, so two graphs serve every batch of every length (compiled once per process
     and model width, when `warm_up` on a two-row batch right away: measured 8-20 s for MiniLM on
     2 cores, less from inductor's disk cache).
@@ -226,24 +227,36 @@ def _warm_up(bert: BertModel) -> None:
 
 def _compiled_layer_forward(layer: Layer, eager: Callable, dynamic: bool, x: Tensor,
                             mask: Tensor | Unpadding | None, *, need_weights: bool = False):
-    """Layer.forward with its projections and norms compiled: (B, T, C) or (R, C) -> the same."""
-    if layer.training or need_weights or torch.is_grad_enabled() or torch.jit.is_tracing():
+    """Layer.forward with everything around the attention compiled: (R, C) real tokens (mask an
+    Unpadding) or (B, T, C) -> the same. Packed rows' (B, 1, T, T) masks take the eager forward."""
+    pairs = isinstance(mask, Tensor) and mask.shape[-2] != 1
+    if layer.training or need_weights or pairs or torch.is_grad_enabled() or torch.jit.is_tracing():
         return eager(x, mask, need_weights=need_weights)
-    projection, rest = _compiled_parts(dynamic)
-    C = x.shape[-1]
-    flat = x.reshape(-1, C)  # (N, C): N = B * T, or R
-    qkv = projection(layer, flat).view(*x.shape[:-1], 3 * C)  # (B, T, 3C) or (R, 3C)
-    context = layer.attention.mix(qkv, mask).reshape(-1, C)  # (N, C)
-    return rest(layer, context, flat).view(x.shape), None
+    project, rest = _compiled_parts(dynamic)
+    if isinstance(mask, Unpadding):  # the real tokens, laid out (B, L) for the attention
+        rows, slots, B, L = x, mask.slots, mask.lengths.shape[0], mask.max_length
+        keys = key_mask(mask)  # (B, 1, 1, L)
+    else:  # the padded path: every position a row, in its own place
+        (B, L, C), keys = x.shape, mask
+        rows, slots = x.reshape(B * L, C), torch.arange(B * L, device=x.device)
+    laid = project(layer, rows, slots, B * L)  # (B*L, 3C)
+    y = heads_attention(laid.view(B, L, -1), keys, layer.attention.n_heads, 0.0)  # (B, H, L, D)
+    # (B*L, C): a view where SDPA wrote (B, L, H, D), as its fused CPU kernel does
+    return rest(layer, y.transpose(1, 2).reshape(B * L, -1), slots, rows).view(x.shape), None
 
 
-def _project(layer: Layer, x: Tensor) -> Tensor:
-    """(N, C) -> (N, 3C): fused q/k/v."""
-    return layer.attention.qkv(x)
+def _project(layer: Layer, rows: Tensor, slots: Tensor, n: int) -> Tensor:
+    """(N, C) rows -> (n, 3C): their fused q/k/v at `slots` (N,) of the attention's layout, zeros
+    elsewhere (the scatter fused with the projection's last pass)."""
+    qkv = layer.attention.qkv(rows)  # (N, 3C)
+    return qkv.new_zeros(n, qkv.shape[-1]).index_copy(0, slots, qkv)
 
 
-def _after_attention(layer: Layer, context: Tensor, x: Tensor) -> Tensor:
-    """(N, C) attention context and layer input -> (N, C) layer output (eval: no dropout)."""
+def _after_attention(layer: Layer, laid: Tensor, slots: Tensor, x: Tensor) -> Tensor:
+    """(B*L, C) attention output in its layout, read back at `slots` (N,) (the gather fused with the
+    output projection's first pass), and the (N, C) layer input -> (N, C) layer output (eval: no
+    dropout)."""
+    context = laid[slots]  # (N, C)
     x = layer.attention_norm(x + layer.attention.out(context))
     return layer.ffn_norm(x + layer.ffn(x))
 

@@ -165,13 +165,23 @@ def varlen_attention(qkv: Tensor, unpadding: Unpadding, n_heads: int, dropout_p:
     0.51x / 0.44x; a block-diagonal (R, R) mask 0.60x / 0.21x and nested (jagged) tensors with
     SDPA 0.12x / 0.13x (64 texts, 1 pass: no fused CPU kernel for either)."""
     R, C3 = qkv.shape
-    B, L, H = unpadding.lengths.shape[0], unpadding.max_length, n_heads
-    D = C3 // (3 * H)
+    B, L = unpadding.lengths.shape[0], unpadding.max_length
     laid = qkv.new_zeros(B * L, C3).index_copy_(0, unpadding.slots, qkv)  # (B*L, 3C)
-    q, k, v = laid.view(B, L, 3, H, D).permute(2, 0, 3, 1, 4)  # (B, H, L, D) each
-    keys = torch.arange(L, device=qkv.device)[None, :] < unpadding.lengths[:, None]  # (B, L)
-    y = attention(q, k, v, keys[:, None, None, :], dropout_p)  # (B, H, L, D)
+    y = heads_attention(laid.view(B, L, C3), key_mask(unpadding), n_heads, dropout_p)  # (B, H, L, D)
     return take_rows(y.transpose(1, 2).reshape(B * L, C3 // 3), unpadding.slots)  # (R, C)
+
+
+def key_mask(unpadding: Unpadding) -> Tensor:
+    """(B, 1, 1, L) booleans: which places of the (B, L) layout hold a real token."""
+    L = unpadding.max_length
+    return (torch.arange(L, device=unpadding.lengths.device)[None, :] < unpadding.lengths[:, None])[:, None, None, :]
+
+
+def heads_attention(qkv: Tensor, mask: Tensor | None, n_heads: int, dropout_p: float) -> Tensor:
+    """(B, T, 3C) fused q/k/v -> (B, H, T, D): split into heads, then `attention`."""
+    B, T, C3 = qkv.shape
+    q, k, v = qkv.view(B, T, 3, n_heads, C3 // (3 * n_heads)).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
+    return attention(q, k, v, mask, dropout_p)  # (B, H, T, D)
 
 
 class _TakeRows(torch.autograd.Function):
@@ -259,8 +269,7 @@ class SelfAttention(nn.Module):
         if isinstance(mask, Unpadding):
             return varlen_attention(qkv, mask, self.n_heads, self.p)  # (R, C)
         B, T, C3 = qkv.shape
-        q, k, v = qkv.view(B, T, 3, self.n_heads, C3 // (3 * self.n_heads)).permute(2, 0, 3, 1, 4)  # (B, H, T, D) each
-        return attention(q, k, v, mask, self.p).transpose(1, 2).reshape(B, T, C3 // 3)  # (B, T, C)
+        return heads_attention(qkv, mask, self.n_heads, self.p).transpose(1, 2).reshape(B, T, C3 // 3)  # (B, T, C)
 
 
 class FeedForward(nn.Module):
