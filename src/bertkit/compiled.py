@@ -4,8 +4,8 @@
 (model.py) computes nothing for padding, but its number of real tokens is data. So only the work
 around the attention is compiled, on (tokens, C) matrices with the number of tokens symbolic: one
 graph for the q/k/v projection and one for everything after the attention, shared by every layer,
-batch and length; the attention stays eager and unpadded. It pays for int8 (1.14-1.32x eager
-int8), hardly for fp32 (0.98-1.10x): see compile_layers.
+batch and length; the attention stays eager and unpadded. It pays for int8 (1.11-1.32x eager
+int8), hardly for fp32 (1.0-1.2x): see compile_layers.
 
 **The whole padded encoder, one graph per length bucket** (`compile_for_inference`, Python only):
 every batch is padded up to its *bucket* (rows: `bucket_length(B, 1)`; tokens: `bucket_length(T)`)
@@ -176,10 +176,10 @@ def compile_layers(model: nn.Module, *, dynamic: bool = True, warm_up: bool = Tr
 
     What it pays for is int8 (quantize.Int8Linear), where each projection is a chain of passes
     over memory (smoothing, per-token range, rounding, the int32 product scaled back, bias) that
-    the graph fuses: 1.14-1.32x eager int8 on length-sorted batches and 1.16-1.31x in given order
+    the graph fuses: 1.11-1.32x eager int8 on length-sorted batches and 1.16-1.31x in given order
     (bench/engines.py, all-MiniLM-L6-v2, 2 threads, each engine in its own process or all in one).
     fp32's projections are single MKL calls and its fused LayerNorm and GELU save little:
-    0.98-1.10x. Outputs equal the eager ones in fp32 (2.4e-7 measured); in int8 the fused code
+    1.0-1.2x. Outputs equal the eager ones in fp32 (2.4e-7 measured); in int8 the fused code
     rounds a few inputs to the neighbouring step (cosine to eager int8 >= 0.999; to fp32 0.9960
     where eager int8 gives 0.9962). Training, attention weights and gradients take the eager
     forward. `dynamic=False` leaves the shapes to torch.compile's automatic rule (static first,
