@@ -414,3 +414,79 @@ def test_real_minilm_unpadded_equals_padded(minilm_pair):
     mask = batch["attention_mask"].bool()
     assert (a.last_hidden_state - b.last_hidden_state)[mask].abs().max() < 1e-5
     assert (a.pooler_output - b.pooler_output).abs().max() < 1e-5
+
+
+def _at(mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
+    """About a third of the real tokens, as a masked LM's selection."""
+    g = torch.Generator().manual_seed(seed)
+    return (torch.rand(mask.shape, generator=g) < 0.35) & mask.bool()
+
+
+@pytest.mark.parametrize("padding", ["ragged", "none", "left"])
+@pytest.mark.parametrize("pooler", [True, False])
+def test_forward_at_equals_forward_picked_values_and_gradients(padding, pooler):
+    """The last layer at a few positions only: the same vectors, pooled output and gradients."""
+    config = tiny_config(hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    batch = _ragged(config)
+    if padding == "none":
+        batch["attention_mask"].fill_(1)
+    elif padding == "left":
+        batch["attention_mask"][1] = batch["attention_mask"][1].flip(0)
+        batch["attention_mask"][1, 0] = 1  # the pooler's first token stays real
+    at = _at(batch["attention_mask"])
+    results = []
+    for picked in (False, True):
+        torch.manual_seed(0)
+        model = BertModel(config, add_pooler=pooler).train()
+        if picked:
+            out = model.forward_at(**batch, at=at)
+            hidden = out.last_hidden_state
+        else:
+            out = model(**batch)
+            hidden = out.last_hidden_state[at]
+        loss = hidden.pow(2).sum() + (out.pooler_output.sum() if pooler else 0)
+        loss.backward()
+        grads = {n: p.grad.clone() for n, p in model.named_parameters() if p.grad is not None}
+        results.append((hidden.detach(), out.pooler_output, grads))
+    (h0, p0, g0), (h1, p1, g1) = results
+    assert h1.shape == (int(at.sum()), config.hidden_size)
+    torch.testing.assert_close(h1, h0, atol=1e-5, rtol=0)
+    if pooler:
+        torch.testing.assert_close(p1, p0, atol=1e-5, rtol=0)
+    assert g0.keys() == g1.keys()
+    for name in g0:
+        torch.testing.assert_close(g1[name], g0[name], atol=1e-5, rtol=0, msg=name)
+
+
+def test_forward_at_leaves_out_the_last_layer_at_unread_rows():
+    """What makes it pay: the last layer's feed-forward block sees only the picked rows (and the
+    first token of each row, for the pooler); the layers below see every real token."""
+    config = tiny_config()
+    model = BertModel(config).eval()
+    batch = _ragged(config)
+    at = _at(batch["attention_mask"])
+    rows = {}
+    for i, layer in enumerate(model.layers):
+        layer.ffn.up.register_forward_hook(lambda m, args, out, i=i: rows.__setitem__(i, args[0].shape[0]))
+    with torch.no_grad():
+        model.forward_at(**batch, at=at)
+    picked = at.clone()
+    picked[:, 0] = True
+    assert rows == {0: int(batch["attention_mask"].sum()), 1: int(picked.sum())}
+    with torch.no_grad():
+        out = model.forward_at(**batch)  # a classifier: the pooled first tokens alone
+    assert out.last_hidden_state is None and rows[1] == 4
+
+
+def test_forward_at_falls_back_where_forward_runs_padded():
+    """Packed rows and a row of padding alone give forward's values, picked."""
+    config = tiny_config()
+    model = BertModel(config).eval()
+    batch = _ragged(config)
+    batch["attention_mask"][2] = 0  # a row of padding alone
+    at = _at(batch["attention_mask"])
+    with torch.no_grad():
+        got, want = model.forward_at(**batch, at=at), model(**batch)
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state[at])
+    with pytest.raises(ValueError, match="padding"):
+        model.forward_at(**_ragged(config), at=torch.ones(4, 11, dtype=torch.bool))

@@ -143,6 +143,22 @@ def test_a_prompt_left_out_of_pooling(mode, tiny_model_dir, tmp_path):
     assert ours.prompt_length("query: ") == 3  # [CLS] query :
 
 
+def test_cls_pooling_runs_the_last_layer_at_cls_alone(tiny_model_dir):
+    """[CLS] pooling reads one vector a row: the last layer's feed-forward block sees B rows (the
+    values against ST's: test_st_saved_models_embed_the_same_in_bertkit)."""
+    model = SentenceEncoder.from_pretrained(tiny_model_dir, pooling="cls").eval()
+    rows = []
+    model.bert.layers[-1].ffn.up.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[0]))
+    ids = torch.randint(1000, 2000, (3, 9))
+    mask = torch.ones_like(ids)
+    mask[1, 5:] = 0
+    with torch.no_grad():
+        fast = model(ids, mask, normalize=False)
+        slow = model(ids, mask, pooling="cls+mean", normalize=False)[:, :32]  # through the whole last layer
+    assert rows == [3, int(mask.sum())]
+    torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+
+
 def test_read_settings_of_a_saved_st_folder(tiny_model_dir, tmp_path):
     build_st(tiny_model_dir, lambda t: [Pooling(32, pooling_mode=("cls", "max")), Dense(64, 5), Normalize()],
              prompts={"q": "q: "}, similarity_fn_name="dot").save(str(tmp_path))

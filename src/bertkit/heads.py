@@ -92,7 +92,7 @@ class BertForNextSentencePrediction(Pretrained):
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> HeadOutput:
-        logits = self.nsp(self.bert(input_ids, token_type_ids, attention_mask).pooler_output)  # (B, 2)
+        logits = self.nsp(self.bert.forward_at(input_ids, token_type_ids, attention_mask).pooler_output)  # (B, 2)
         return HeadOutput(logits, None if labels is None else cross_entropy_loss(logits, labels).mean())
 
 
@@ -136,7 +136,7 @@ class BertForSequenceClassification(Pretrained):
         self.init_weights()
 
     def forward(self, input_ids, token_type_ids=None, attention_mask=None, labels=None) -> HeadOutput:
-        pooled = self.bert(input_ids, token_type_ids, attention_mask).pooler_output  # (B, C)
+        pooled = self.bert.forward_at(input_ids, token_type_ids, attention_mask).pooler_output  # (B, C)
         logits = self.classifier(self.dropout(pooled))  # (B, L)
         if labels is None:
             return HeadOutput(logits)
@@ -212,7 +212,7 @@ class BertForMultipleChoice(Pretrained):
         def flat(t: Tensor | None) -> Tensor | None:
             return None if t is None else t.reshape(B * N, T)
 
-        pooled = self.bert(flat(input_ids), flat(token_type_ids), flat(attention_mask)).pooler_output  # (B*N, C)
+        pooled = self.bert.forward_at(flat(input_ids), flat(token_type_ids), flat(attention_mask)).pooler_output  # (B*N, C)
         logits = self.classifier(self.dropout(pooled)).view(B, N)  # (B, N)
         if choice_mask is not None:
             logits = mask_choices(logits, choice_mask)

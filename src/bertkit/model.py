@@ -164,11 +164,20 @@ def varlen_attention(qkv: Tensor, unpadding: Unpadding, n_heads: int, dropout_p:
     its own longest, 1.49x / 1.44x; 4 equal length buckets 0.99x / 0.93x; one SDPA call per row
     0.51x / 0.44x; a block-diagonal (R, R) mask 0.60x / 0.21x and nested (jagged) tensors with
     SDPA 0.12x / 0.13x (64 texts, 1 pass: no fused CPU kernel for either)."""
-    R, C3 = qkv.shape
+    y = heads_attention(lay_out(qkv, unpadding), key_mask(unpadding), n_heads, dropout_p)  # (B, H, L, D)
+    return gather_heads(y, unpadding)  # (R, C)
+
+
+def lay_out(x: Tensor, unpadding: Unpadding) -> Tensor:
+    """(R, K) rows of the unpadded batch -> (B, L, K): each row's tokens first, zeros after them."""
     B, L = unpadding.lengths.shape[0], unpadding.max_length
-    laid = qkv.new_zeros(B * L, C3).index_copy_(0, unpadding.slots, qkv)  # (B*L, 3C)
-    y = heads_attention(laid.view(B, L, C3), key_mask(unpadding), n_heads, dropout_p)  # (B, H, L, D)
-    return take_rows(y.transpose(1, 2).reshape(B * L, C3 // 3), unpadding.slots)  # (R, C)
+    return x.new_zeros(B * L, x.shape[-1]).index_copy_(0, unpadding.slots, x).view(B, L, -1)  # (B, L, K)
+
+
+def gather_heads(y: Tensor, unpadding: Unpadding) -> Tensor:
+    """(B, H, L, D) attention output in the (B, L) layout -> (R, C): the real tokens' rows again."""
+    B, H, L, D = y.shape
+    return take_rows(y.transpose(1, 2).reshape(B * L, H * D), unpadding.slots)  # (R, C)
 
 
 def key_mask(unpadding: Unpadding) -> Tensor:
@@ -303,6 +312,33 @@ class Layer(nn.Module):
         return self.ffn_norm(x + self.dropout(self.ffn(x))), weights  # (B, T, C)
 
 
+    def at(self, x: Tensor, unpadding: Unpadding, wanted: Unpadding) -> Tensor:
+        """The layer computed at some of its rows only (the last layer, where only those are read):
+        x (R, C), the rows `unpadding` lays out -> (M, C) at the M rows `wanted` picks (its `indices`
+        are positions among x's R rows, its `slots` their place in a (B, M_b) layout of queries).
+
+        Keys and values come from every row; queries, the output projection, the residuals, the
+        LayerNorms and the feed-forward block run on the M rows alone. The same numbers as the
+        forward's rows there: each picked query attends exactly the keys it attends in forward."""
+        att = self.attention
+        B, C = unpadding.lengths.shape[0], x.shape[1]
+        H = att.n_heads
+        picked = take_rows(x, wanted.indices)  # (M, C)
+        if isinstance(att.qkv, nn.Linear):  # queries at the picked rows alone
+            w, b = att.qkv.weight, att.qkv.bias  # rows: [query; key; value]
+            q, kv = F.linear(picked, w[:C], b[:C]), F.linear(x, w[C:], b[C:])  # (M, C), (R, 2C)
+        else:  # another kind of projection (int8): at every row, then split
+            qkv = att.qkv(x)  # (R, 3C)
+            q, kv = take_rows(qkv[:, :C], wanted.indices), qkv[:, C:]  # (M, C), (R, 2C)
+        q, kv = lay_out(q, wanted), lay_out(kv, unpadding)  # (B, Mb, C), (B, L, 2C)
+        q = q.view(B, -1, H, C // H).transpose(1, 2)  # (B, H, Mb, D)
+        k, v = kv.view(B, kv.shape[1], 2, H, C // H).permute(2, 0, 3, 1, 4)  # (B, H, L, D) each
+        mask = key_mask(unpadding) if x.shape[0] < B * kv.shape[1] else None  # None: no row has padding
+        y = attention(q, k, v, mask, att.p)  # (B, H, Mb, D)
+        picked = self.attention_norm(picked + self.dropout(att.out(gather_heads(y, wanted))))  # (M, C)
+        return self.ffn_norm(picked + self.dropout(self.ffn(picked)))  # (M, C)
+
+
 class Pooler(nn.Module):
     """tanh(W h_[CLS] + b): the sentence representation NSP and classifiers read (paper §3.1)."""
 
@@ -424,15 +460,57 @@ class BertModel(Pretrained):
         return BertOutput(x, pooled, tuple(hidden) if output_hidden_states else None,
                           tuple(attentions) if output_attentions else None)
 
-    def unpadded(self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor) -> tuple[Tensor, Unpadding]:
+    def unpadded(self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor, *,
+                 layers: int | None = None) -> tuple[Tensor, Unpadding]:
         """(B, T) inputs -> the last layer's vectors of the real tokens alone, (R, C) row after row,
-        and where they sit: for callers that read only some tokens (pooling, masked positions)."""
+        and where they sit: for callers that read only some tokens (pooling, masked positions).
+        `layers`: stop after that many layers (forward_at runs the last one itself)."""
         u = unpad(attention_mask)
         flat = u.indices
         x = self.embeddings(input_ids.reshape(-1)[flat], token_type_ids.reshape(-1)[flat], u.positions)  # (R, C)
-        for layer in self.layers:
+        for layer in self.layers[:layers]:
             x, _ = layer(x, u)  # (R, C)
         return x, u
+
+
+    def forward_at(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
+                   attention_mask: Tensor | None = None, at: Tensor | None = None) -> BertOutput:
+        """forward, for callers that read the last layer at a few positions: the masked LM's
+        selected tokens, a classifier's pooled [CLS]. `at`: (B, T) booleans at real tokens, or None.
+
+        Returns last_hidden_state (M, C), the vectors at `at` row after row (forward's
+        last_hidden_state[at]; None without `at`), and pooler_output as forward's. The last layer
+        runs only at those positions and the first token of each row (Layer.at): for pretraining
+        at 15% masking that is most of a layer's work left out. Whatever forward would run padded
+        (packed rows, a row of padding alone, a traced or compiled graph) runs forward and picks."""
+        if token_type_ids is None:
+            token_type_ids = torch.zeros_like(input_ids)
+        real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
+        if (not self.layers or is_packed(attention_mask) or torch.jit.is_tracing()
+                or torch.compiler.is_compiling() or not bool(real.any(1).all())):
+            out = self.forward(input_ids, token_type_ids, attention_mask)
+            return BertOutput(None if at is None else out.last_hidden_state[at], out.pooler_output)
+        B, T = input_ids.shape
+        self.embeddings.check_length(T)
+        wanted = torch.zeros_like(real) if at is None else at.clone()  # (B, T)
+        if self.pooler is not None:
+            wanted[:, 0] = True
+        if bool((wanted & ~real).any()):
+            raise ValueError("forward_at: `at` marks padding")
+        if bool(real.all()):  # no padding: the stack but its last layer runs on (B, T, C) as in forward
+            x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
+            for layer in self.layers[:-1]:
+                x, _ = layer(x, None)
+            x, u = x.reshape(B * T, -1), unpad(real)  # (R, C), R = B*T
+        else:
+            x, u = self.unpadded(input_ids, token_type_ids, attention_mask, layers=len(self.layers) - 1)  # (R, C)
+        picks = unpad(wanted)
+        row_of = torch.full((B * T,), -1, dtype=torch.long, device=x.device).index_copy_(
+            0, u.indices, torch.arange(u.indices.numel(), device=x.device))  # flat position -> row of x
+        y = self.layers[-1].at(x, u, picks._replace(indices=row_of[picks.indices]))  # (M', C)
+        hidden = None if at is None else y[at[wanted]]  # (M, C)
+        pooled = None if self.pooler is None else self.pooler(y[(picks.indices % T) == 0][:, None])  # (B, C)
+        return BertOutput(hidden, pooled)
 
 
 def worth_unpadding(attention_mask: Tensor | None) -> bool:

@@ -31,10 +31,10 @@ def pretraining_step(model: BertForPreTraining | BertForMaskedLM, batch: dict[st
     """Masked LM cross-entropy summed over the selected tokens, decoded at those alone (and the
     sentence task's, when the model has its head), and how many of each are right — also apart by
     what the model saw there (position_sums), when the [MASK] id is known."""
-    out = model.bert(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
     labels = batch["labels"]
     selected = labels != IGNORE  # (B, T)
-    hidden = out.last_hidden_state[selected]  # (M, C): only the selected positions
+    out = model.bert.forward_at(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], selected)
+    hidden = out.last_hidden_state  # (M, C): only the selected positions (the last layer ran only there)
     logits = model.mlm(hidden, model.bert.embeddings.word.weight).float()  # (M, V)
     targets = labels[selected]  # (M,)
     token_losses = F.cross_entropy(logits, targets, reduction="none")  # (M,)

@@ -283,13 +283,18 @@ class SentenceEncoder(Pretrained):
         leading tokens left out of pooling when the settings say include_prompt=False. normalize:
         overrides the settings' L2 normalisation."""
         modes = self._modes(pooling)
-        if layer is None:
-            hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, C)
-        else:
-            states = self.bert(input_ids, token_type_ids, attention_mask, output_hidden_states=True).hidden_states
-            hidden = states[check_layer(layer, len(states) - 1)]  # (B, T, C)
         skip = 0 if self.settings.include_prompt else prompt_length
-        x = pool(hidden, attention_mask, modes, prompt_length=skip)  # (B, C * modes)
+        if layer is None and modes == ("cls",) and not skip:  # the last layer at [CLS] alone (BertModel.forward_at)
+            first = torch.zeros_like(attention_mask, dtype=torch.bool)
+            first[:, 0] = True
+            x = self.bert.forward_at(input_ids, token_type_ids, attention_mask, first).last_hidden_state  # (B, C)
+        else:
+            if layer is None:
+                hidden = self.bert(input_ids, token_type_ids, attention_mask).last_hidden_state  # (B, T, C)
+            else:
+                states = self.bert(input_ids, token_type_ids, attention_mask, output_hidden_states=True).hidden_states
+                hidden = states[check_layer(layer, len(states) - 1)]  # (B, T, C)
+            x = pool(hidden, attention_mask, modes, prompt_length=skip)  # (B, C * modes)
         for dense in self.dense:
             x = dense(x)  # (B, D)
         return F.normalize(x, dim=-1) if (self.settings.normalize if normalize is None else normalize) else x
