@@ -258,3 +258,21 @@ def test_similarity_table_of_the_examples(minilm_dir):
         values = [float(x) for x in line.split("   ")[0].split()[1:]]
         assert line.endswith(f"   {text}") and values[i] == 1.0
     assert similarity_table(["x", "y"], minilm_dir).splitlines()[0].endswith(", 2 texts, dimension 384")
+
+
+def test_the_embedder_cache_keeps_eager_and_compiled_models_apart(monkeypatch):
+    """bertkit.embed's cache: a model loaded before compile_inference() is not handed out after it."""
+    from bertkit import compiled, embedding
+
+    embedding._cached_as.cache_clear()
+    loads = []
+    monkeypatch.setattr(embedding.Embedder, "from_pretrained",
+                        classmethod(lambda cls, path, **kw: loads.append(compiled.compiles_inference()) or object()))
+    monkeypatch.setattr(compiled, "_compile_inference", False)
+    eager = embedding.cached_embedder("some/model")
+    assert embedding.cached_embedder("some/model") is eager
+    monkeypatch.setattr(compiled, "_compile_inference", True)
+    compiled_one = embedding.cached_embedder("some/model")
+    assert compiled_one is not eager and embedding.cached_embedder("some/model") is compiled_one
+    assert loads == [False, True]
+    embedding._cached_as.cache_clear()

@@ -152,8 +152,8 @@ _compile_inference = False
 def compile_inference(enabled: bool = True) -> None:
     """From now on, every model set up for inference (quantize.set_inference_precision: what embed,
     predict, evaluate, fill-mask, index, search and serve call) gets `compile_layers`: the commands'
-    --compile. Like torch.set_num_threads, a setting of the process; models loaded and cached
-    before it (bertkit.embed's cache) stay as they were."""
+    --compile. Like torch.set_num_threads, a setting of the process; models loaded before it stay
+    as they were (bertkit.embed's cache keeps one of each: embedding.cached_embedder)."""
     global _compile_inference
     _compile_inference = bool(enabled)
 

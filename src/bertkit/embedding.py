@@ -24,6 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from bertkit.compiled import compiles_inference
 from bertkit.devices import (
     inference_autocast,
     inference_precision,
@@ -366,9 +367,14 @@ def _progress(enabled: bool, total_texts: int | None):
     return tqdm(total=total_texts, desc="embedding", unit="text")
 
 
+def cached_embedder(path: str | None, device: str = "auto", precision: str = "auto") -> Embedder:
+    """Embedder.from_pretrained, loaded once per model, device, precision and compile_inference setting."""
+    return _cached_as(path, device, precision, compiles_inference())
+
+
 @lru_cache(maxsize=4)
-def _cached_embedder(path: str | None, device: str = "auto", precision: str = "auto") -> Embedder:
-    return Embedder.from_pretrained(path, device=device, precision=precision)
+def _cached_as(path: str | None, device: str, precision: str, compiled: bool) -> Embedder:
+    return Embedder.from_pretrained(path, device=device, precision=precision)  # reads the compile setting itself
 
 
 def embed(
@@ -404,7 +410,7 @@ def embed(
                              f"precision={precision!r})")
         embedder = model
     else:
-        embedder = _cached_embedder(None if model is None else str(model), str(device), precision)
+        embedder = cached_embedder(None if model is None else str(model), str(device), precision)
     return embedder(texts, batch_size=batch_size, max_length=max_length, normalize=normalize, progress=progress,
                     pooling=pooling, prompt=prompt, prompt_name=prompt_name, layer=layer, dimensions=dimensions,
                     output_precision=output_precision, ranges=ranges)

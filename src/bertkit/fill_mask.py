@@ -52,9 +52,12 @@ class FillMask:
         if len(where) == 0:
             raise InputError(f"no [MASK] token in {text!r}")
         batch = to_device({k: enc[k] for k in ("input_ids", "token_type_ids", "attention_mask")}, self.device)
-        with inference_autocast(self.model):
-            logits = self.model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits[0]  # (T, V)
-        probs = logits[where.to(self.device)].float().softmax(-1).cpu()  # (masks, V), float32 on the CPU
+        at = batch["input_ids"] == self.tokenizer.mask_token_id  # (1, T)
+        with inference_autocast(self.model):  # the last layer and the decoder at the masks alone
+            hidden = self.model.bert.forward_at(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"],
+                                                at).last_hidden_state  # (masks, C)
+            logits = self.model.mlm(hidden, self.model.bert.embeddings.word.weight)  # (masks, V)
+        probs = logits.float().softmax(-1).cpu()  # (masks, V), float32 on the CPU
         top = probs.topk(min(top_k, probs.shape[-1]), dim=-1)
         return [
             [Candidate(self.tokenizer.convert_ids_to_tokens(int(i)), float(p)) for p, i in zip(ps, ids)]

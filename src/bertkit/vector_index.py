@@ -33,14 +33,13 @@ import os
 import sys
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
-from functools import lru_cache
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
 from bertkit import fileio
-from bertkit.embedding import Embedder
+from bertkit.embedding import Embedder, cached_embedder
 from bertkit.errors import BertkitError, InputError
 from bertkit.models import BUILTIN_MODEL, WEIGHT_SUFFIXES, resolve_model
 from bertkit.options import plural
@@ -398,9 +397,8 @@ class VectorIndex:
         return build_index(corpus, out=self.path, add=True, **options)
 
 
-@lru_cache(maxsize=2)
 def _load_embedder(model: str, device: str = "auto", precision: str = "auto") -> Embedder:
-    return Embedder.from_pretrained(resolve_model(model), device=device, precision=precision)
+    return cached_embedder(str(resolve_model(model)), device, precision)
 
 
 def prompt_kwargs(embedder: Embedder, kind: str) -> dict[str, str]:
