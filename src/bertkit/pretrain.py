@@ -39,11 +39,11 @@ def pretraining_step(model: BertForPreTraining | BertForMaskedLM, batch: dict[st
     targets = labels[selected]  # (M,)
     token_losses = F.cross_entropy(logits, targets, reduction="none")  # (M,)
     losses = {"mlm": LossSum(token_losses.sum(), labelled(labels))}
-    metrics = {"mlm_correct": correct(logits, targets)}
+    right = logits.detach().argmax(-1) == targets  # (M,); every target is a label here
+    metrics = {"mlm_correct": right.sum()}
     if mask_token_id is not None:
         seen = batch["input_ids"][selected]  # (M,): what the model was given at those positions
-        metrics.update(position_sums(token_losses.detach(), logits.argmax(-1) == targets, seen, targets,
-                                     mask_token_id))
+        metrics.update(position_sums(token_losses.detach(), right, seen, targets, mask_token_id))
     if isinstance(model, BertForPreTraining):
         nsp_logits = model.nsp(out.pooler_output).float()  # (B, 2)
         nsp_labels = batch["next_sentence_label"]  # (B,)
