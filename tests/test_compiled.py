@@ -190,6 +190,7 @@ def test_cli_compile_gives_the_eager_vectors(tmp_path, tiny_model_dir, monkeypat
 
     calls = []
     monkeypatch.setattr(quantize, "compile_layers", lambda model: calls.append(model) or compiled.compile_layers(model))
+    monkeypatch.setattr(compiled, "_announce", False)  # restored when the test ends (the CLI sets it)
     texts = tmp_path / "t.txt"
     texts.write_text("a short line\nand a somewhat longer line of text to embed\nthird\n", encoding="utf-8")
     for precision in ("fp32", "int8"):
@@ -206,3 +207,18 @@ def test_cli_compile_gives_the_eager_vectors(tmp_path, tiny_model_dir, monkeypat
         tolerance = 1e-5 if precision == "fp32" else 0.02
         assert np.abs(vectors[0] - vectors[1]).max() <= tolerance
     assert "--compile: compiling" in capsys.readouterr().err
+
+
+def test_cli_compile_with_a_bad_model_says_only_what_is_wrong(tmp_path, monkeypatch, capsys):
+    """The compiling note comes once the model has loaded: a bad --model gives the one-line error alone."""
+    from bertkit import compiled
+    from bertkit.cli import main
+
+    monkeypatch.setattr(compiled, "_compile_inference", False)
+    monkeypatch.setattr(compiled, "_announce", False)
+    texts = tmp_path / "t.txt"
+    texts.write_text("a line\n", encoding="utf-8")
+    assert main(["embed", "-i", str(texts), "-o", str(tmp_path / "v.npy"), "--model", str(tmp_path / "missing"),
+                 "--device", "cpu", "--compile"]) != 0
+    err = capsys.readouterr().err
+    assert "compiling" not in err and len(err.strip().splitlines()) == 1, err

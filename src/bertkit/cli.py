@@ -76,9 +76,7 @@ def _precision(args: argparse.Namespace) -> str:
     if choice.compile:
         from bertkit.compiled import compile_inference
 
-        print("bertkit: --compile: compiling the encoder's layers when the model loads (torch.compile, "
-              "8-20 s once)", file=sys.stderr)
-        compile_inference()
+        compile_inference(announce=True)  # says so once the model has loaded, before the 8-20 s
     return choice.precision
 
 

@@ -30,6 +30,7 @@ import functools
 import importlib.util
 import os
 import shutil
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -147,15 +148,17 @@ def compile_for_inference(bert: BertModel, options: CompileOptions = CompileOpti
 # ---- compiled layers: the work around the attention, compiled, for every batch shape -------------------
 
 _compile_inference = False
+_announce = False
 
 
-def compile_inference(enabled: bool = True) -> None:
+def compile_inference(enabled: bool = True, *, announce: bool = False) -> None:
     """From now on, every model set up for inference (quantize.set_inference_precision: what embed,
     predict, evaluate, fill-mask, index, search and serve call) gets `compile_layers`: the commands'
     --compile. Like torch.set_num_threads, a setting of the process; models loaded before it stay
-    as they were (bertkit.embed's cache keeps one of each: embedding.cached_embedder)."""
-    global _compile_inference
-    _compile_inference = bool(enabled)
+    as they were (bertkit.embed's cache keeps one of each: embedding.cached_embedder). `announce`:
+    say on stderr when the compiling starts, once a model has loaded (the commands do)."""
+    global _compile_inference, _announce
+    _compile_inference, _announce = bool(enabled), bool(enabled and announce)
 
 
 def compiles_inference() -> bool:
@@ -195,6 +198,8 @@ def compile_layers(model: nn.Module, *, dynamic: bool = True, warm_up: bool = Tr
             layer.forward = functools.partial(_compiled_layer_forward, layer, layer.forward, dynamic)
         bert.layers_compiled = True
         if warm_up:
+            if _announce:
+                print("bertkit: --compile: compiling the encoder's layers (torch.compile, 8-20 s once)", file=sys.stderr)
             _warm_up(bert)
     return model
 
