@@ -157,3 +157,18 @@ def test_padded_choices_change_no_multiple_choice_loss():
     torch.testing.assert_close(padded.logits[0].softmax(-1)[:2], alone[0].logits[0].softmax(-1))
     assert padded.logits[0].softmax(-1)[2:].tolist() == [0.0, 0.0]
     assert not torch.allclose(unmasked.loss, padded.loss)  # the padding text would change the loss
+
+
+@pytest.mark.parametrize("left", [False, True])
+def test_classifier_reads_the_pooled_first_token_as_the_full_encoder_gives_it(left):
+    """The classification head runs the last layer at [CLS] alone (BertModel.forward_at); a batch
+    whose first column is padding (left padding) takes the full encoder. Either way: its values."""
+    config = tiny_config(id2label={0: "a", 1: "b", 2: "c"})
+    torch.manual_seed(0)
+    model = bertkit.BertForSequenceClassification(config).eval()
+    batch = random_batch(config, B=4, T=11)
+    if left:
+        batch = {k: v.flip(1) for k, v in batch.items()}
+    with torch.no_grad():
+        want = model.classifier(model.bert(**batch).pooler_output)
+        torch.testing.assert_close(model(**batch).logits, want, atol=1e-5, rtol=0)

@@ -431,8 +431,7 @@ def test_forward_at_equals_forward_picked_values_and_gradients(padding, pooler):
     if padding == "none":
         batch["attention_mask"].fill_(1)
     elif padding == "left":
-        batch["attention_mask"][1] = batch["attention_mask"][1].flip(0)
-        batch["attention_mask"][1, 0] = 1  # the pooler's first token stays real
+        batch["attention_mask"][1] = batch["attention_mask"][1].flip(0)  # with a pooler: forward's, picked
     at = _at(batch["attention_mask"])
     results = []
     for picked in (False, True):
@@ -490,3 +489,25 @@ def test_forward_at_falls_back_where_forward_runs_padded():
     torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state[at])
     with pytest.raises(ValueError, match="padding"):
         model.forward_at(**_ragged(config), at=torch.ones(4, 11, dtype=torch.bool))
+    with pytest.raises(ValueError, match="booleans"):
+        model.forward_at(**_ragged(config), at=torch.tensor([[0, 1]]))
+
+
+def test_forward_at_with_nothing_picked_and_no_pooler():
+    model = BertModel(tiny_config(), add_pooler=False).eval()
+    batch = _ragged(tiny_config())
+    with torch.no_grad():
+        assert model.forward_at(**batch, at=torch.zeros(4, 11, dtype=torch.bool)).last_hidden_state.shape == (0, 32)
+        assert model.forward_at(**batch).last_hidden_state is None
+
+
+def test_forward_at_takes_compile_for_inference_forward(monkeypatch):
+    """An encoder whose forward compile_for_inference replaced: the heads reach that forward."""
+    model = BertModel(tiny_config()).eval()
+    calls = []
+    eager = model.forward
+    model.forward = lambda *a, **k: calls.append(1) or eager(*a, **k)
+    model.compiled_for_inference = True
+    with torch.no_grad():
+        model.forward_at(**_ragged(tiny_config()))
+    assert calls == [1]

@@ -157,6 +157,10 @@ def test_cls_pooling_runs_the_last_layer_at_cls_alone(tiny_model_dir):
         slow = model(ids, mask, pooling="cls+mean", normalize=False)[:, :32]  # through the whole last layer
     assert rows == [3, int(mask.sum())]
     torch.testing.assert_close(fast, slow, atol=1e-5, rtol=0)
+    mask[2, :2] = 0  # left padding: the first real token is the one pooled
+    with torch.no_grad():
+        torch.testing.assert_close(model(ids, mask, normalize=False),
+                                   model(ids, mask, pooling="cls+mean", normalize=False)[:, :32], atol=1e-5, rtol=0)
 
 
 def test_read_settings_of_a_saved_st_folder(tiny_model_dir, tmp_path):

@@ -171,7 +171,7 @@ def varlen_attention(qkv: Tensor, unpadding: Unpadding, n_heads: int, dropout_p:
 def lay_out(x: Tensor, unpadding: Unpadding) -> Tensor:
     """(R, K) rows of the unpadded batch -> (B, L, K): each row's tokens first, zeros after them."""
     B, L = unpadding.lengths.shape[0], unpadding.max_length
-    return x.new_zeros(B * L, x.shape[-1]).index_copy_(0, unpadding.slots, x).view(B, L, -1)  # (B, L, K)
+    return x.new_zeros(B * L, x.shape[-1]).index_copy_(0, unpadding.slots, x).view(B, L, x.shape[-1])  # (B, L, K)
 
 
 def gather_heads(y: Tensor, unpadding: Unpadding) -> Tensor:
@@ -331,7 +331,7 @@ class Layer(nn.Module):
             qkv = att.qkv(x)  # (R, 3C)
             q, kv = take_rows(qkv[:, :C], wanted.indices), qkv[:, C:]  # (M, C), (R, 2C)
         q, kv = lay_out(q, wanted), lay_out(kv, unpadding)  # (B, Mb, C), (B, L, 2C)
-        q = q.view(B, -1, H, C // H).transpose(1, 2)  # (B, H, Mb, D)
+        q = q.view(B, wanted.max_length, H, C // H).transpose(1, 2)  # (B, H, Mb, D)
         k, v = kv.view(B, kv.shape[1], 2, H, C // H).permute(2, 0, 3, 1, 4)  # (B, H, L, D) each
         mask = key_mask(unpadding) if x.shape[0] < B * kv.shape[1] else None  # None: no row has padding
         y = attention(q, k, v, mask, att.p)  # (B, H, Mb, D)
@@ -482,12 +482,17 @@ class BertModel(Pretrained):
         last_hidden_state[at]; None without `at`), and pooler_output as forward's. The last layer
         runs only at those positions and the first token of each row (Layer.at): for pretraining
         at 15% masking that is most of a layer's work left out. Whatever forward would run padded
-        (packed rows, a row of padding alone, a traced or compiled graph) runs forward and picks."""
+        (packed rows, a row of padding alone, a traced or compiled graph, compile_for_inference's
+        forward, a pooler reading a padded first token) runs forward and picks. Under
+        compile_layers the last layer here runs eager (a few rows)."""
+        if at is not None and at.dtype != torch.bool:
+            raise ValueError(f"forward_at: `at` must be booleans (B, T), not {at.dtype}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        if (not self.layers or is_packed(attention_mask) or torch.jit.is_tracing()
-                or torch.compiler.is_compiling() or not bool(real.any(1).all())):
+        if (not self.layers or is_packed(attention_mask) or torch.jit.is_tracing() or torch.compiler.is_compiling()
+                or getattr(self, "compiled_for_inference", False) or not bool(real.any(1).all())
+                or (self.pooler is not None and not bool(real[:, 0].all()))):  # the pooler reads a padded first token
             out = self.forward(input_ids, token_type_ids, attention_mask)
             return BertOutput(None if at is None else out.last_hidden_state[at], out.pooler_output)
         B, T = input_ids.shape

@@ -286,7 +286,7 @@ class SentenceEncoder(Pretrained):
         skip = 0 if self.settings.include_prompt else prompt_length
         if layer is None and modes == ("cls",) and not skip:  # the last layer at [CLS] alone (BertModel.forward_at)
             first = torch.zeros_like(attention_mask, dtype=torch.bool)
-            first[:, 0] = True
+            first[torch.arange(first.shape[0], device=first.device), attention_mask.int().argmax(1)] = True  # cls_token's
             x = self.bert.forward_at(input_ids, token_type_ids, attention_mask, first).last_hidden_state  # (B, C)
         else:
             if layer is None:
