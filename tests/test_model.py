@@ -422,7 +422,7 @@ def _at(mask: torch.Tensor, seed: int = 0) -> torch.Tensor:
     return (torch.rand(mask.shape, generator=g) < 0.35) & mask.bool()
 
 
-@pytest.mark.parametrize("padding", ["ragged", "none", "left"])
+@pytest.mark.parametrize("padding", ["ragged", "none", "left", "packed"])
 @pytest.mark.parametrize("pooler", [True, False])
 def test_forward_at_equals_forward_picked_values_and_gradients(padding, pooler):
     """The last layer at a few positions only: the same vectors, pooled output and gradients."""
@@ -432,11 +432,17 @@ def test_forward_at_equals_forward_picked_values_and_gradients(padding, pooler):
         batch["attention_mask"].fill_(1)
     elif padding == "left":
         batch["attention_mask"][1] = batch["attention_mask"][1].flip(0)  # with a pooler: forward's, picked
+    elif padding == "packed":  # examples numbered 1..k in a row, padding 0
+        batch["attention_mask"] = torch.tensor([[1] * 4 + [2] * 5 + [3] * 2, [1] * 7 + [0] * 4,
+                                                [1, 2, 2, 3, 3, 3, 0, 0, 0, 0, 0], [1] * 11])
     at = _at(batch["attention_mask"])
     results = []
+    rows = {}
     for picked in (False, True):
         torch.manual_seed(0)
         model = BertModel(config, add_pooler=pooler).train()
+        model.layers[-1].ffn.up.register_forward_hook(
+            lambda m, args, out, picked=picked: rows.__setitem__(picked, args[0].shape[:-1].numel()))
         if picked:
             out = model.forward_at(**batch, at=at)
             hidden = out.last_hidden_state
@@ -449,6 +455,7 @@ def test_forward_at_equals_forward_picked_values_and_gradients(padding, pooler):
         results.append((hidden.detach(), out.pooler_output, grads))
     (h0, p0, g0), (h1, p1, g1) = results
     assert h1.shape == (int(at.sum()), config.hidden_size)
+    assert rows[True] < rows[False] or (padding == "left" and pooler)  # the last layer at fewer rows
     torch.testing.assert_close(h1, h0, atol=1e-5, rtol=0)
     if pooler:
         torch.testing.assert_close(p1, p0, atol=1e-5, rtol=0)
@@ -478,7 +485,7 @@ def test_forward_at_leaves_out_the_last_layer_at_unread_rows():
 
 
 def test_forward_at_falls_back_where_forward_runs_padded():
-    """Packed rows and a row of padding alone give forward's values, picked."""
+    """A row of padding alone: forward's values, picked."""
     config = tiny_config()
     model = BertModel(config).eval()
     batch = _ragged(config)

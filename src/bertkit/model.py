@@ -312,14 +312,15 @@ class Layer(nn.Module):
         return self.ffn_norm(x + self.dropout(self.ffn(x))), weights  # (B, T, C)
 
 
-    def at(self, x: Tensor, unpadding: Unpadding, wanted: Unpadding) -> Tensor:
+    def at(self, x: Tensor, unpadding: Unpadding, wanted: Unpadding, mask: Tensor | None = None) -> Tensor:
         """The layer computed at some of its rows only (the last layer, where only those are read):
         x (R, C), the rows `unpadding` lays out -> (M, C) at the M rows `wanted` picks (its `indices`
         are positions among x's R rows, its `slots` their place in a (B, M_b) layout of queries).
 
         Keys and values come from every row; queries, the output projection, the residuals, the
         LayerNorms and the feed-forward block run on the M rows alone. The same numbers as the
-        forward's rows there: each picked query attends exactly the keys it attends in forward."""
+        forward's rows there: each picked query attends exactly the keys it attends in forward
+        (packed rows: `mask`, (B, 1, M_b, L), says which)."""
         att = self.attention
         B, C = unpadding.lengths.shape[0], x.shape[1]
         H = att.n_heads
@@ -333,7 +334,8 @@ class Layer(nn.Module):
         q, kv = lay_out(q, wanted), lay_out(kv, unpadding)  # (B, Mb, C), (B, L, 2C)
         q = q.view(B, wanted.max_length, H, C // H).transpose(1, 2)  # (B, H, Mb, D)
         k, v = kv.view(B, kv.shape[1], 2, H, C // H).permute(2, 0, 3, 1, 4)  # (B, H, L, D) each
-        mask = key_mask(unpadding) if x.shape[0] < B * kv.shape[1] else None  # None: no row has padding
+        if mask is None and x.shape[0] < B * kv.shape[1]:  # else no row has padding
+            mask = key_mask(unpadding)
         y = attention(q, k, v, mask, att.p)  # (B, H, Mb, D)
         picked = self.attention_norm(picked + self.dropout(att.out(gather_heads(y, wanted))))  # (M, C)
         return self.ffn_norm(picked + self.dropout(self.ffn(picked)))  # (M, C)
@@ -479,43 +481,61 @@ class BertModel(Pretrained):
         selected tokens, a classifier's pooled [CLS]. `at`: (B, T) booleans at real tokens, or None.
 
         Returns last_hidden_state (M, C), the vectors at `at` row after row (forward's
-        last_hidden_state[at]; None without `at`), and pooler_output as forward's. The last layer
-        runs only at those positions and the first token of each row (Layer.at): for pretraining
-        at 15% masking that is most of a layer's work left out. Whatever forward would run padded
-        (packed rows, a row of padding alone, a traced or compiled graph, compile_for_inference's
-        forward, a pooler reading a padded first token) runs forward and picks. Under
-        compile_layers the last layer here runs eager (a few rows)."""
+        last_hidden_state[at]; None without `at`), and pooler_output as forward's ((S, C) for
+        packed rows). The last layer runs only at those positions and at the first token of each
+        row, or of each example of packed rows (Layer.at): for pretraining at 15% masking that is
+        most of a layer's work left out. A traced or compiled graph, compile_for_inference's
+        forward, a row of padding alone and a pooler reading a padded first token run forward and
+        pick. Under compile_layers the last layer here runs eager (a few rows)."""
         if at is not None and at.dtype != torch.bool:
             raise ValueError(f"forward_at: `at` must be booleans (B, T), not {at.dtype}")
         if token_type_ids is None:
             token_type_ids = torch.zeros_like(input_ids)
         real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
-        if (not self.layers or is_packed(attention_mask) or torch.jit.is_tracing() or torch.compiler.is_compiling()
+        packed = is_packed(attention_mask)
+        if (not self.layers or torch.jit.is_tracing() or torch.compiler.is_compiling()
                 or getattr(self, "compiled_for_inference", False) or not bool(real.any(1).all())
-                or (self.pooler is not None and not bool(real[:, 0].all()))):  # the pooler reads a padded first token
+                or (self.pooler is not None and not packed and not bool(real[:, 0].all()))):  # a padded [CLS]
             out = self.forward(input_ids, token_type_ids, attention_mask)
             return BertOutput(None if at is None else out.last_hidden_state[at], out.pooler_output)
         B, T = input_ids.shape
         self.embeddings.check_length(T)
         wanted = torch.zeros_like(real) if at is None else at.clone()  # (B, T)
-        if self.pooler is not None:
-            wanted[:, 0] = True
         if bool((wanted & ~real).any()):
             raise ValueError("forward_at: `at` marks padding")
-        if bool(real.all()):  # no padding: the stack but its last layer runs on (B, T, C) as in forward
-            x = self.embeddings(input_ids, token_type_ids)  # (B, T, C)
-            for layer in self.layers[:-1]:
-                x, _ = layer(x, None)
-            x, u = x.reshape(B * T, -1), unpad(real)  # (R, C), R = B*T
-        else:
-            x, u = self.unpadded(input_ids, token_type_ids, attention_mask, layers=len(self.layers) - 1)  # (R, C)
+        x, u, firsts, rows_mask = self._below_last(input_ids, token_type_ids, attention_mask, real, packed)
+        if self.pooler is not None:
+            wanted |= firsts
         picks = unpad(wanted)
         row_of = torch.full((B * T,), -1, dtype=torch.long, device=x.device).index_copy_(
             0, u.indices, torch.arange(u.indices.numel(), device=x.device))  # flat position -> row of x
-        y = self.layers[-1].at(x, u, picks._replace(indices=row_of[picks.indices]))  # (M', C)
+        query_mask = None
+        if packed:  # each picked query attends its own example's keys: its row of rows_mask
+            t = x.new_zeros(B * picks.max_length, dtype=torch.long).index_copy_(0, picks.slots, picks.indices % T)
+            query_mask = rows_mask[:, 0].gather(1, t.view(B, -1, 1).expand(-1, -1, T))[:, None]  # (B, 1, Mb, T)
+        y = self.layers[-1].at(x, u, picks._replace(indices=row_of[picks.indices]), query_mask)  # (M', C)
         hidden = None if at is None else y[at[wanted]]  # (M, C)
-        pooled = None if self.pooler is None else self.pooler(y[(picks.indices % T) == 0][:, None])  # (B, C)
+        pooled = None if self.pooler is None else self.pooler(y[firsts[wanted]][:, None])  # (B, C); packed (S, C)
         return BertOutput(hidden, pooled)
+
+    def _below_last(self, input_ids: Tensor, token_type_ids: Tensor, attention_mask: Tensor | None, real: Tensor,
+                    packed: bool) -> tuple[Tensor, Unpadding, Tensor, Tensor | None]:
+        """forward_at's stack but its last layer: the rows (R, C) and their layout, the first tokens
+        the pooler reads (B, T), and packed rows' (B, 1, T, T) mask. Each batch as forward runs it."""
+        B, T = input_ids.shape
+        firsts = torch.zeros_like(real)
+        firsts[:, 0] = True
+        if not packed and not bool(real.all()):  # padding: the unpadded path
+            x, u = self.unpadded(input_ids, token_type_ids, attention_mask, layers=len(self.layers) - 1)  # (R, C)
+            return x, u, firsts, None
+        positions, mask = None, None  # no padding: (B, T, C) as in forward
+        if packed:
+            positions, mask = packed_positions(attention_mask), same_example(attention_mask)  # (B, T), (B, 1, T, T)
+            firsts = (positions == 0) & real  # each example's first token
+        x = self.embeddings(input_ids, token_type_ids, positions)  # (B, T, C)
+        for layer in self.layers[:-1]:
+            x, _ = layer(x, mask)
+        return x.reshape(B * T, -1), unpad(torch.ones_like(real)), firsts, mask  # every slot a row
 
 
 def worth_unpadding(attention_mask: Tensor | None) -> bool:
