@@ -22,6 +22,10 @@ of the unpadded path:
     unpacked 2715 ms, packed rows 2203 (1.23x; wall 1.33x), packed varlen 2574 (1.05x), unpacked padded 0.66x
   tag, WNUT 2017 (44%, packed 7%), 4 x 2: packed rows 1.06x, packed varlen 1.06x, unpacked padded 0.75x
   pretrain, tiny, Penn Treebank demo shards, mlm+nsp (8%, packed 3.5%), 6 x 2: every variant 0.99-1.06x
+Measured 2026-12-02, 2 threads, load ~1, with the last layer computed only where it is read
+(BertModel.forward_at, packed rows included), 8 steps x 3 repeats (pretrain: 6 x 3):
+  classify: unpacked 1171 ms, packed rows 871 ms (1.34x)
+  pretrain, mini, the demo shards: packed rows 1.03x
 """
 
 from __future__ import annotations
