@@ -161,6 +161,12 @@ class BertForTokenClassification(Pretrained):
         logits = self.classifier(self.dropout(hidden))  # (B, T, L)
         return HeadOutput(logits, None if labels is None else cross_entropy_loss(logits, labels).mean())
 
+    def logits_at(self, input_ids, token_type_ids, attention_mask, at: Tensor) -> Tensor:
+        """forward's logits[at], (M, L), with the encoder's last layer run at `at` alone (training
+        reads the labelled pieces only: BertModel.forward_at)."""
+        hidden = self.bert.forward_at(input_ids, token_type_ids, attention_mask, at).last_hidden_state  # (M, C)
+        return self.classifier(self.dropout(hidden))  # (M, L)
+
 
 class BertForQuestionAnswering(Pretrained):
     """Extractive QA: a start and an end score for every token (paper §4.2)."""

@@ -495,11 +495,12 @@ def tag_metrics(gold: list[list[str]], guess: list[list[str]]) -> dict[str, floa
 
 
 def tag_step(model: nn.Module, batch: dict[str, Tensor]) -> Step:
-    """Cross-entropy summed over the labelled pieces (first pieces of words), and how many are right."""
-    out = model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"])
-    logits = out.logits.float()  # (B, T, L)
-    labels = batch["labels"]  # (B, T)
-    return Step({"tag": cross_entropy_loss(logits, labels)}, {"correct": correct(logits, labels)})
+    """Cross-entropy summed over the labelled pieces (first pieces of words), and how many are right;
+    the encoder's last layer runs at those pieces alone."""
+    at = batch["labels"] != IGNORE  # (B, T)
+    logits = model.logits_at(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], at).float()  # (M, L)
+    targets = batch["labels"][at]  # (M,)
+    return Step({"tag": cross_entropy_loss(logits, targets)}, {"correct": correct(logits, targets)})
 
 
 class TagObjective(Objective):
