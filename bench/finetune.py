@@ -62,8 +62,9 @@ def parse_args() -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--dropout-draws", choices=["auto", "bertkit", "torch"], default="auto",
                    help="bertkit's dropout masks: its own (faster on a CPU, what a user gets) or PyTorch's (the same "
-                        "random numbers as transformers, so a run against it agrees to the last digit); auto: torch "
-                        "with --against transformers (whole runs), bertkit's with --interleave or otherwise")
+                        "random numbers as transformers, so a run against it agrees to the last digit, and the last "
+                        "layer then runs at every token as transformers' does); auto: torch with --against "
+                        "transformers (whole runs), bertkit's with --interleave or otherwise")
     p.add_argument("--threads", type=int, default=torch.get_num_threads())
     p.add_argument("--json", type=Path, default=None, help="also write the results here")
     return p.parse_args()

@@ -518,3 +518,26 @@ def test_forward_at_takes_compile_for_inference_forward(monkeypatch):
     with torch.no_grad():
         model.forward_at(**_ragged(tiny_config()))
     assert calls == [1]
+
+
+def test_forward_at_draws_every_mask_under_use_torch_dropout():
+    """With transformers' dropout draws (use_torch_dropout, bench/finetune.py's side-by-side runs) a
+    training forward_at is forward picked: the same masks, the same random state after."""
+    from bertkit.dropout import use_torch_dropout
+
+    config = tiny_config(hidden_dropout_prob=0.3, attention_probs_dropout_prob=0.3)
+    model = BertModel(config).train()
+    batch = _ragged(config)
+    at = _at(batch["attention_mask"])
+    use_torch_dropout(True)
+    try:
+        torch.manual_seed(5)
+        got = model.forward_at(**batch, at=at)
+        after = torch.get_rng_state()
+        torch.manual_seed(5)
+        want = model(**batch)
+        assert torch.equal(torch.get_rng_state(), after)
+    finally:
+        use_torch_dropout(False)
+    torch.testing.assert_close(got.last_hidden_state, want.last_hidden_state[at], atol=0, rtol=0)
+    torch.testing.assert_close(got.pooler_output, want.pooler_output, atol=0, rtol=0)

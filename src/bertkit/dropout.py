@@ -72,6 +72,12 @@ def use_torch_dropout(enabled: bool = True) -> None:
     _TORCH_EVERYWHERE = bool(enabled)
 
 
+def torch_draws_everywhere() -> bool:
+    """Whether use_torch_dropout is on: every mask drawn as a transformers model draws it (then the
+    encoder also draws them for every token, as that model does: BertModel.forward_at)."""
+    return _TORCH_EVERYWHERE
+
+
 def own_dropout_pays(x: Tensor) -> bool:
     """Whether `dropout` uses its own mask for x (on the CPU) rather than PyTorch's kernel."""
     return x.device.type == "cpu" and not _TORCH_EVERYWHERE

@@ -24,7 +24,7 @@ from torch import Tensor, nn
 
 from bertkit import checkpoint
 from bertkit.config import BertConfig
-from bertkit.dropout import Dropout, dropout, own_dropout_pays
+from bertkit.dropout import Dropout, dropout, own_dropout_pays, torch_draws_everywhere
 from bertkit.errors import InputError
 
 # hidden_act name -> function, for every name in config.ACTIVATION_NAMES (where a config is checked).
@@ -485,8 +485,9 @@ class BertModel(Pretrained):
         packed rows). The last layer runs only at those positions and at the first token of each
         row, or of each example of packed rows (Layer.at): for pretraining at 15% masking that is
         most of a layer's work left out. A traced or compiled graph, compile_for_inference's
-        forward, a row of padding alone and a pooler reading a padded first token run forward and
-        pick. Under compile_layers the last layer here runs eager (a few rows)."""
+        forward, a row of padding alone, a pooler reading a padded first token and training with
+        use_torch_dropout (the same random draws as transformers) run forward and pick. Under
+        compile_layers the last layer here runs eager (a few rows)."""
         if at is not None and at.dtype != torch.bool:
             raise ValueError(f"forward_at: `at` must be booleans (B, T), not {at.dtype}")
         if token_type_ids is None:
@@ -495,6 +496,7 @@ class BertModel(Pretrained):
         packed = is_packed(attention_mask)
         if (not self.layers or torch.jit.is_tracing() or torch.compiler.is_compiling()
                 or getattr(self, "compiled_for_inference", False) or not bool(real.any(1).all())
+                or (self.training and torch_draws_everywhere())  # transformers' draws: a mask for every token
                 or (self.pooler is not None and not packed and not bool(real[:, 0].all()))):  # a padded [CLS]
             out = self.forward(input_ids, token_type_ids, attention_mask)
             return BertOutput(None if at is None else out.last_hidden_state[at], out.pooler_output)
