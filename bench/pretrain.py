@@ -79,6 +79,29 @@ def reference_step(model, optimizer):
     return step
 
 
+def multiply_work(config, batch: dict) -> tuple[float, float]:
+    """FLOPs of one step's matrix multiplies (forward and backward: linear layers, attention, MLM
+    head) as each side computes them: (bertkit, transformers). transformers runs every slot of the
+    padded batch through every layer and the decoder; bertkit runs the real tokens alone, the last
+    layer's keys and values at every token but the rest of it at the selected tokens and [CLS]
+    (BertModel.forward_at), and the decoder at the selected tokens."""
+    C, F, V, L = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
+    B, T = batch["input_ids"].shape
+    lengths = batch["attention_mask"].sum(1).tolist()
+    labelled = batch["labels"] != -100  # (B, T)
+    real, selected = sum(lengths), int(labelled.sum())
+    first = torch.zeros_like(labelled)
+    first[:, 0] = True  # [CLS], for NSP
+    picked = int((labelled | first).sum())
+    layer = 6 * (4 * C * C + 2 * C * F)  # a token through one layer's linear layers, forward and backward
+    head = 6 * (C * C + C * V)  # a token through the MLM head and the decoder
+    ours = (L - 1) * (real * layer + sum(12 * C * t * t for t in lengths))
+    ours += real * 6 * 2 * C * C + picked * 6 * (2 * C * C + 2 * C * F)  # the last layer: keys, values / the rest
+    ours += sum(12 * C * t * t for t in lengths) * picked / real + selected * head
+    theirs = B * T * (L * layer + head) + L * B * 12 * C * T * T
+    return float(ours), float(theirs)
+
+
 def timed(step, batches, warmup: int, autocast) -> float:
     for b in batches[:warmup]:
         with autocast():
@@ -140,6 +163,10 @@ def main() -> None:
     print("|---|---|---|---|")
     for name, (sps, tps) in rate.items():
         print(f"| {name} | {sps:.2f} | {tps:,.0f} | {rate['bertkit'][1] / tps:.2f}x |")
+    work = [multiply_work(config, b) for b in batches[args.warmup:]]
+    ours, theirs = (statistics.mean(w[i] for w in work) / 1e9 for i in (0, 1))
+    print(f"matrix-multiply work a step: bertkit {ours:.1f} GFLOP, transformers {theirs:.1f} "
+          f"({theirs / ours:.2f}x bertkit's); the rest of the ratio is what each side spends outside them")
 
 
 if __name__ == "__main__":

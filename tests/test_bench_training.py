@@ -73,3 +73,33 @@ def test_whole_runs_against_the_trainer(tmp_path, tiny_model_dir):
     ours, other = _bench(tmp_path, tiny_model_dir, "--epochs", "2", "--against", "trainer")["runs"]
     assert other["name"] == "transformers Trainer"
     assert [e["step"] for e in ours["epochs"]] == [e["step"] for e in other["epochs"]] == [10, 20]
+
+
+# ---- bench/pretrain.py: the multiply work each side does -------------------------------------------------
+
+
+def test_pretrain_bench_counts_the_same_work_when_every_token_is_read():
+    """With no padding and every token selected, bertkit's picked last layer and decoder do all the
+    work transformers' do; selecting fewer and padding some leaves that much out, by hand."""
+    import torch
+
+    spec = importlib.util.spec_from_file_location("bench_pretrain", BENCH.with_name("pretrain.py"))
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    from bertkit import BertConfig
+
+    config = BertConfig(vocab_size=10, hidden_size=4, num_hidden_layers=2, num_attention_heads=1,
+                        intermediate_size=8, max_position_embeddings=8)
+    full = {"input_ids": torch.ones(2, 3, dtype=torch.long), "attention_mask": torch.ones(2, 3, dtype=torch.long),
+            "labels": torch.ones(2, 3, dtype=torch.long)}
+    ours, theirs = bench.multiply_work(config, full)
+    assert ours == theirs
+    # by hand: a layer's linears 6 * (4*16 + 2*32) = 768 FLOPs a token, attention 12 * 4 * t^2 a row,
+    # the head 6 * (16 + 40) = 336 a selected token
+    part = dict(full, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]), labels=torch.tensor([[-100, 5, -100],
+                                                                                             [-100, -100, -100]]))
+    ours, theirs = bench.multiply_work(config, part)
+    assert theirs == 6 * (2 * 768 + 336) + 2 * 2 * 12 * 4 * 9
+    first = 5 * 768 + 12 * 4 * (9 + 4)  # layer 1: 5 real tokens
+    last = 5 * 6 * 2 * 16 + 3 * 6 * (2 * 16 + 2 * 32) + 12 * 4 * (9 + 4) * 3 / 5  # keys, values; 3 picked rows
+    assert ours == first + last + 336
