@@ -125,3 +125,13 @@ def test_edge_cases_go_to_torch_dropout():
     assert torch.equal(dropout(torch.ones(100), 1 - 2 ** -17), torch.zeros(100))  # rounds to p = 1
     with pytest.raises(ValueError):
         dropout(torch.ones(3), 1.5)
+
+
+def test_a_compiled_graph_takes_torchs_dropout_whole():
+    """Training's --compile: inside a graph torch.compile captures, dropout is PyTorch's (inductor
+    fuses its masks) instead of breaking the graph at the mask's seed; fullgraph would refuse a break."""
+    from bertkit.dropout import dropout
+
+    x = torch.ones(64, 64)
+    y = torch.compile(lambda t: dropout(t * 2, 0.5), fullgraph=True, backend="eager")(x)
+    assert {0.0, 4.0} >= set(y.unique().tolist()) and 0.3 < (y == 0).float().mean() < 0.7

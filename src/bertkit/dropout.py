@@ -79,8 +79,10 @@ def torch_draws_everywhere() -> bool:
 
 
 def own_dropout_pays(x: Tensor) -> bool:
-    """Whether `dropout` uses its own mask for x (on the CPU) rather than PyTorch's kernel."""
-    return x.device.type == "cpu" and not _TORCH_EVERYWHERE
+    """Whether `dropout` uses its own mask for x (on the CPU) rather than PyTorch's kernel. Not in a
+    graph torch.compile is capturing (training's --compile): the mask's seed is a Python number,
+    which would break the graph at every dropout, and inductor fuses its own masks into the kernels."""
+    return x.device.type == "cpu" and not _TORCH_EVERYWHERE and not torch.compiler.is_compiling()
 
 
 def dropout(x: Tensor, p: float, training: bool = True) -> Tensor:
