@@ -89,7 +89,8 @@ class TrainConfig:
     precision: str = field(default="auto", metadata=choices(PRECISIONS))
     """fp32, bf16 (autocast), or auto: bf16 where the hardware supports it natively, else fp32."""
     compile: bool = False
-    """Compile the model with torch.compile."""
+    """Compile the model with torch.compile: for GPUs. On a CPU it trains slower (MiniLM classification:
+    0.39x eager, which skips padding and draws cheaper dropout masks)."""
     seed: int = 0
     """Seed of initialisation, data order, masking and dropout."""
     eval_every: int = 0
