@@ -550,3 +550,15 @@ def test_time_budget_options_are_checked():
     with pytest.raises(InputError, match="fraction of the budget"):
         TrainConfig(out="x", time_budget="1h", warmup=100)
     assert TrainConfig(out="x", time_budget="1.5h").time_budget_seconds == 5400
+
+
+def test_compile_on_a_cpu_says_it_trains_slower(tmp_path, capsys):
+    """--compile is for GPUs (0.39x eager measured on this CPU): a CPU run says so once, at start."""
+    from bertkit.distributed import World
+    from bertkit.train import _parallel
+
+    objective = PretrainingObjective(BertForPreTraining(tiny_config()))
+    module = _parallel(objective, TrainConfig(out=tmp_path, compile=True), World(), torch.device("cpu"))
+    assert "--compile trains slower on a CPU" in capsys.readouterr().err
+    _parallel(objective, TrainConfig(out=tmp_path), World(), torch.device("cpu"))
+    assert capsys.readouterr().err == "" and module is not objective
