@@ -8,6 +8,8 @@ lengths range from a few to a few hundred.
 
 bertkit runs a batch with padding unpadded (bertkit.model: no layer computes anything for the
 padding); --padded times its padded path instead (bench/unpadded.py compares the two directly).
+--head classify compares BertForSequenceClassification on both sides (the checkpoint with one seeded
+two-class head), where bertkit also runs the last layer at [CLS] alone (BertModel.forward_at).
 
 Settings measured (each a row of the table):
 
@@ -44,6 +46,7 @@ import resource
 import shlex
 import statistics
 import sys
+import tempfile
 import time
 import warnings
 
@@ -57,7 +60,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 import bertkit  # noqa: E402
-from bertkit import BertModel, Tokenizer  # noqa: E402
+from bertkit import BertForSequenceClassification, BertModel, Tokenizer  # noqa: E402
 from bertkit.embedding import Embedder, default_model_dir  # noqa: E402
 from bertkit.padding import pad_inputs  # noqa: E402
 
@@ -137,13 +140,19 @@ def alternate(runners: dict, repeats: int) -> tuple[dict[str, list[float]], dict
     return times, results
 
 
-def interleaved(models: dict, batches: list[dict], repeats: int) -> tuple[dict[str, list[float]], float]:
+def hidden_at_real_tokens(out, batch: dict) -> torch.Tensor:
+    """What the encoder rows compare: last_hidden_state at the real (non-padding) tokens."""
+    return out.last_hidden_state[batch["attention_mask"].bool()]
+
+
+def interleaved(models: dict, batches: list[dict], repeats: int,
+                read=hidden_at_real_tokens) -> tuple[dict[str, list[float]], float]:
     """Time `repeats` passes of each model over `batches`, the models taking turns batch by batch
     (alternating which goes first), so that a change in the machine's load hits both alike.
 
     Returns the seconds of every pass per model, and the largest |difference| between the two
-    models' last_hidden_state over real (non-padding) tokens, compared batch by batch, untimed,
-    so no outputs are kept beyond the batch at hand.
+    models' outputs as `read` takes them (last_hidden_state over real tokens; a classifier's
+    logits), compared batch by batch, untimed, so no outputs are kept beyond the batch at hand.
     """
     names = list(models)
     times: dict[str, list[float]] = {name: [] for name in names}
@@ -155,10 +164,10 @@ def interleaved(models: dict, batches: list[dict], repeats: int) -> tuple[dict[s
                 out = {}
                 for name in names if (r + j) % 2 == 0 else names[::-1]:
                     start = time.perf_counter()
-                    out[name] = models[name](**batch).last_hidden_state
+                    out[name] = models[name](**batch)
                     spent[name] += time.perf_counter() - start
-                a, b = out.values()
-                worst = max(worst, (a - b).abs()[batch["attention_mask"].bool()].max().item())
+                a, b = (read(o, batch) for o in out.values())
+                worst = max(worst, (a - b).abs().max().item())
                 del out, a, b
             for name in names:
                 times[name].append(spent[name])
@@ -290,7 +299,8 @@ def markdown(rows: list[dict], machine: str, command: str) -> str:
         "",
         "ratio = bertkit throughput / transformers throughput (>1: bertkit faster); tok/s counts real "
         "(non-padding) tokens; padding = share of computed positions that are padding; max abs diff: "
-        "last_hidden_state on real tokens (end-to-end: the normalised sentence vectors).",
+        "last_hidden_state on real tokens (end-to-end: the normalised sentence vectors; --head classify: "
+        "the logits).",
     ]
     return "\n".join(lines)
 
@@ -312,6 +322,9 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--seed", type=int, default=0, help="seed for picking the texts (default: %(default)s)")
     p.add_argument("--model", default=None, help="checkpoint directory (default: bertkit's built-in all-MiniLM-L6-v2)")
     p.add_argument("--no-e2e", action="store_true", help="skip the end-to-end (tokenize + model + pooling) row")
+    p.add_argument("--head", choices=["encoder", "classify"], default="encoder",
+                   help="encoder: BertModel against BertModel; classify: BertForSequenceClassification on both sides "
+                        "(the checkpoint with one seeded 2-class head, logits compared; no end-to-end row)")
     p.add_argument("--padded", action="store_true",
                    help="time bertkit's padded path in the model rows (default: unpadded, what bertkit runs)")
     p.add_argument("--json", metavar="FILE", help="also write the results as JSON to FILE")
@@ -324,6 +337,8 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 def main(argv=None) -> None:
     args = parse_args(argv)
+    if args.padded and args.head == "classify":
+        sys.exit("--padded times the encoder's padded path: leave it out with --head classify")
     command = "python " + shlex.join(sys.argv if argv is None else ["bench/inference.py", *argv])
     texts = build_texts(args.texts, args.seed)
 
@@ -336,8 +351,17 @@ def main(argv=None) -> None:
     path = default_model_dir() if args.model is None else args.model
     log(f"loading {path}")
     tokenizer = Tokenizer.from_pretrained(path)
-    bk = BertModel.from_pretrained(path).float().eval()
-    hf = transformers.BertModel.from_pretrained(str(path), dtype=torch.float32).float().eval()
+    read = hidden_at_real_tokens
+    if args.head == "classify":  # one seeded head, saved and loaded by both
+        torch.manual_seed(args.seed)
+        bk = BertForSequenceClassification.from_pretrained(path, id2label={0: "neg", 1: "pos"}).float().eval()
+        with tempfile.TemporaryDirectory() as tmp:
+            bk.save_pretrained(tmp)
+            hf = transformers.BertForSequenceClassification.from_pretrained(tmp, dtype=torch.float32).float().eval()
+        read, args.no_e2e = (lambda out, batch: out.logits), True
+    else:
+        bk = BertModel.from_pretrained(path).float().eval()
+        hf = transformers.BertModel.from_pretrained(str(path), dtype=torch.float32).float().eval()
     assert not bk.training and not hf.training
     assert all(p.dtype == torch.float32 for m in (bk, hf) for p in m.parameters())
     if args.max_length > bk.config.max_position_embeddings:
@@ -363,9 +387,9 @@ def main(argv=None) -> None:
             f"{plural(args.repeats, 'pass', 'passes')} per model")
         largest = max(batches, key=lambda b: b["input_ids"].numel())
         models = {"bertkit": (lambda **b: bk(**b, unpadded=False)) if args.padded else bk, "transformers": hf}
-        interleaved(models, [largest], 1)  # warm-up
+        interleaved(models, [largest], 1, read)  # warm-up
         with OtherLoad() as load:
-            times, diff = interleaved(models, batches, args.repeats)
+            times, diff = interleaved(models, batches, args.repeats, read)
         rows.append(row(setting, args.batch_size, args.threads, len(texts), real_tokens, padded, times, diff,
                         load.share))
         log(f"{setting}: bertkit {rows[-1]['median_seconds']['bertkit']:.2f}s, "

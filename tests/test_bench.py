@@ -380,3 +380,16 @@ def test_pretrain_curves_draws_a_panel_per_sweep(tmp_path, capsys):
     assert module.parse_panel("A=B=/x@64") == ("A=B", Path("/x"), 64)
     with pytest.raises(SystemExit, match="TITLE=DIR@SLOTS"):
         module.parse_panel("no-slots=/x")
+
+
+@pytest.mark.slow
+def test_inference_bench_classify_heads_agree(tiny_model_dir, tmp_path):
+    """bench/inference.py --head classify: both sides' classifiers from one saved head, logits equal."""
+    out = tmp_path / "r.json"
+    cmd = [sys.executable, str(BENCH.with_name("inference.py")), "--texts", "40", "--repeats", "1", "--batch-size", "8",
+           "--max-length", "32", "--threads", "1", "--head", "classify", "--model", str(tiny_model_dir), "--json", str(out)]
+    result = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows = json.loads(out.read_text())["rows"]
+    assert [r["setting"] for r in rows] == ["unsorted", "length-bucketed"]  # no end-to-end row for a head
+    assert all(r["max_abs_diff"] < 1e-5 and r["ratio"] > 0 for r in rows)
