@@ -82,23 +82,25 @@ def reference_step(model, optimizer):
 def multiply_work(config, batch: dict) -> tuple[float, float]:
     """FLOPs of one step's matrix multiplies (forward and backward: linear layers, attention, MLM
     head) as each side computes them: (bertkit, transformers). transformers runs every slot of the
-    padded batch through every layer and the decoder; bertkit runs the real tokens alone, the last
-    layer's keys and values at every token but the rest of it at the selected tokens and [CLS]
-    (BertModel.forward_at), and the decoder at the selected tokens."""
+    padded batch through every layer and the decoder; bertkit runs the linear layers on the real
+    tokens alone and attention on each batch laid out to its longest row (B x L), the last layer's
+    keys and values at every token but the rest of it at the selected tokens and [CLS]
+    (BertModel.forward_at: queries laid out B x M_b), and the decoder at the selected tokens."""
     C, F, V, L = config.hidden_size, config.intermediate_size, config.vocab_size, config.num_hidden_layers
     B, T = batch["input_ids"].shape
-    lengths = batch["attention_mask"].sum(1).tolist()
     labelled = batch["labels"] != -100  # (B, T)
-    real, selected = sum(lengths), int(labelled.sum())
+    real, selected = int(batch["attention_mask"].sum()), int(labelled.sum())
+    longest = int(batch["attention_mask"].sum(1).max())
     first = torch.zeros_like(labelled)
     first[:, 0] = True  # [CLS], for NSP
-    picked = int((labelled | first).sum())
+    picked = labelled | first  # (B, T)
     layer = 6 * (4 * C * C + 2 * C * F)  # a token through one layer's linear layers, forward and backward
     head = 6 * (C * C + C * V)  # a token through the MLM head and the decoder
-    ours = (L - 1) * (real * layer + sum(12 * C * t * t for t in lengths))
-    ours += real * 6 * 2 * C * C + picked * 6 * (2 * C * C + 2 * C * F)  # the last layer: keys, values / the rest
-    ours += sum(12 * C * t * t for t in lengths) * picked / real + selected * head
-    theirs = B * T * (L * layer + head) + L * B * 12 * C * T * T
+    attention = 12 * C  # a query and a key: scores and mixing, forward and backward
+    ours = (L - 1) * (real * layer + attention * B * longest * longest)
+    ours += real * 6 * 2 * C * C + int(picked.sum()) * 6 * (2 * C * C + 2 * C * F)  # last layer: keys, values / rest
+    ours += attention * B * int(picked.sum(1).max()) * longest + selected * head
+    theirs = B * T * (L * layer + head) + L * attention * B * T * T
     return float(ours), float(theirs)
 
 

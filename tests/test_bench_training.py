@@ -94,12 +94,12 @@ def test_pretrain_bench_counts_the_same_work_when_every_token_is_read():
             "labels": torch.ones(2, 3, dtype=torch.long)}
     ours, theirs = bench.multiply_work(config, full)
     assert ours == theirs
-    # by hand: a layer's linears 6 * (4*16 + 2*32) = 768 FLOPs a token, attention 12 * 4 * t^2 a row,
+    # by hand: a layer's linears 6 * (4*16 + 2*32) = 768 FLOPs a token, attention 12 * 4 a query and key,
     # the head 6 * (16 + 40) = 336 a selected token
     part = dict(full, attention_mask=torch.tensor([[1, 1, 1], [1, 1, 0]]), labels=torch.tensor([[-100, 5, -100],
                                                                                              [-100, -100, -100]]))
     ours, theirs = bench.multiply_work(config, part)
     assert theirs == 6 * (2 * 768 + 336) + 2 * 2 * 12 * 4 * 9
-    first = 5 * 768 + 12 * 4 * (9 + 4)  # layer 1: 5 real tokens
-    last = 5 * 6 * 2 * 16 + 3 * 6 * (2 * 16 + 2 * 32) + 12 * 4 * (9 + 4) * 3 / 5  # keys, values; 3 picked rows
+    first = 5 * 768 + 12 * 4 * 2 * 3 * 3  # layer 1: 5 real tokens; attention on 2 rows laid out to 3
+    last = 5 * 6 * 2 * 16 + 3 * 6 * (2 * 16 + 2 * 32) + 12 * 4 * 2 * 2 * 3  # keys, values; 3 picked, 2 a row at most
     assert ours == first + last + 336

@@ -494,9 +494,8 @@ class BertModel(Pretrained):
             token_type_ids = torch.zeros_like(input_ids)
         real = torch.ones_like(input_ids, dtype=torch.bool) if attention_mask is None else attention_mask.bool()
         packed = is_packed(attention_mask)
-        if (not self.layers or torch.jit.is_tracing() or torch.compiler.is_compiling()
+        if (not self.layers or torch.jit.is_tracing() or reads_every_row(self.training)
                 or getattr(self, "compiled_for_inference", False) or not bool(real.any(1).all())
-                or (self.training and torch_draws_everywhere())  # transformers' draws: a mask for every token
                 or (self.pooler is not None and not packed and not bool(real[:, 0].all()))):  # a padded [CLS]
             out = self.forward(input_ids, token_type_ids, attention_mask)
             return BertOutput(None if at is None else out.last_hidden_state[at], out.pooler_output)
@@ -538,6 +537,14 @@ class BertModel(Pretrained):
         for layer in self.layers[:-1]:
             x, _ = layer(x, mask)
         return x.reshape(B * T, -1), unpad(torch.ones_like(real)), firsts, mask  # every slot a row
+
+
+def reads_every_row(training: bool) -> bool:
+    """Whether a head computes every token's output where it would pick some (forward_at, the
+    tagger's training): inside a graph torch.compile captures (picking makes shapes depend on the
+    data, which breaks the graph), and when training with transformers' dropout draws
+    (use_torch_dropout: a mask for every token, as transformers draws them)."""
+    return torch.compiler.is_compiling() or (training and torch_draws_everywhere())
 
 
 def worth_unpadding(attention_mask: Tensor | None) -> bool:

@@ -529,3 +529,47 @@ def test_cli_bad_line_is_one_line_error(tmp_path, tiny_model_dir, capsys):
     assert "\n" not in err
     assert main(args + ["--skip-bad-lines", "--epochs", "1"]) == 0
     assert "skipped 1 bad line(s)" in capsys.readouterr().out
+
+
+def _tag_batch():
+    x = IGNORE
+    ids = torch.randint(1, 99, (2, 8), generator=torch.Generator().manual_seed(0))
+    return dict(input_ids=ids, token_type_ids=torch.zeros_like(ids), attention_mask=torch.tensor([[1] * 8, [1] * 7 + [0]]),
+                labels=torch.tensor([[x, 1, 2, x, 3, 4, 0, x], [x, 0, 1, 2, x, 3, x, x]]))
+
+
+def test_tag_training_reads_the_labelled_pieces_alone_and_every_piece_where_it_must():
+    """The loss at the labelled pieces: the last layer and the classifier run there alone; with
+    transformers' dropout draws (use_torch_dropout) every piece, drawing the masks it draws."""
+    from bertkit.dropout import use_torch_dropout
+    from bertkit.objective import cross_entropy_loss
+    from bertkit.tasks.tag import TagObjective
+
+    model = BertForTokenClassification(tiny_config(id2label={i: str(i) for i in range(5)},
+                                                   hidden_dropout_prob=0.2, attention_probs_dropout_prob=0.2)).train()
+    batch = _tag_batch()
+    rows = []
+    model.bert.layers[-1].ffn.up.register_forward_hook(lambda m, args, out: rows.append(args[0].shape[:-1].numel()))
+    TagObjective(model)(batch)
+    assert rows == [int((batch["labels"] != IGNORE).sum())]
+    use_torch_dropout(True)
+    try:
+        torch.manual_seed(3)
+        got = TagObjective(model)(batch).losses["tag"]  # the summed loss
+        torch.manual_seed(3)
+        want = cross_entropy_loss(model(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]).logits,
+                                  batch["labels"]).total
+    finally:
+        use_torch_dropout(False)
+    assert got.item() == want.item()
+
+
+def test_tag_training_compiles_into_one_graph():
+    """Inside torch.compile (training's --compile) picking rows would break the graph: every piece."""
+    import torch._dynamo
+
+    from bertkit.tasks.tag import TagObjective
+
+    model = BertForTokenClassification(tiny_config(id2label={i: str(i) for i in range(5)})).train()
+    explained = torch._dynamo.explain(TagObjective(model))(_tag_batch())
+    assert explained.graph_break_count == 0, explained.break_reasons

@@ -35,6 +35,7 @@ from torch import Tensor, nn
 from bertkit.config import BertConfig
 from bertkit.errors import InputError
 from bertkit.labels import IGNORE
+from bertkit.model import reads_every_row
 from bertkit.objective import Mean, Objective, Step, correct, cross_entropy_loss, labelled
 from bertkit.tasks.base import (
     BadInput,
@@ -496,10 +497,13 @@ def tag_metrics(gold: list[list[str]], guess: list[list[str]]) -> dict[str, floa
 
 def tag_step(model: nn.Module, batch: dict[str, Tensor]) -> Step:
     """Cross-entropy summed over the labelled pieces (first pieces of words), and how many are right;
-    the encoder's last layer runs at those pieces alone."""
-    at = batch["labels"] != IGNORE  # (B, T)
-    logits = model.logits_at(batch["input_ids"], batch["token_type_ids"], batch["attention_mask"], at).float()  # (M, L)
-    targets = batch["labels"][at]  # (M,)
+    the encoder's last layer runs at those pieces alone (except where reads_every_row says not)."""
+    inputs, labels = (batch["input_ids"], batch["token_type_ids"], batch["attention_mask"]), batch["labels"]
+    if reads_every_row(model.training):  # every piece, the unlabelled ones ignored by the loss
+        logits, targets = model(*inputs).logits.float(), labels  # (B, T, L), (B, T)
+    else:
+        at = labels != IGNORE  # (B, T)
+        logits, targets = model.logits_at(*inputs, at).float(), labels[at]  # (M, L), (M,)
     return Step({"tag": cross_entropy_loss(logits, targets)}, {"correct": correct(logits, targets)})
 
 
