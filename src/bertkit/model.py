@@ -311,7 +311,6 @@ class Layer(nn.Module):
         x = self.attention_norm(x + self.dropout(a))  # (B, T, C)
         return self.ffn_norm(x + self.dropout(self.ffn(x))), weights  # (B, T, C)
 
-
     def at(self, x: Tensor, unpadding: Unpadding, wanted: Unpadding, mask: Tensor | None = None) -> Tensor:
         """The layer computed at some of its rows only (the last layer, where only those are read):
         x (R, C), the rows `unpadding` lays out -> (M, C) at the M rows `wanted` picks (its `indices`
@@ -473,7 +472,6 @@ class BertModel(Pretrained):
         for layer in self.layers[:layers]:
             x, _ = layer(x, u)  # (R, C)
         return x, u
-
 
     def forward_at(self, input_ids: Tensor, token_type_ids: Tensor | None = None,
                    attention_mask: Tensor | None = None, at: Tensor | None = None) -> BertOutput:
